@@ -1,0 +1,24 @@
+# `make test` sets up .venv/ if needed (tools/setup.sh, idempotent) and runs the fast tests.
+PY := .venv/bin/python
+STAMP := .venv/.setup-stamp
+
+.PHONY: setup test test-all lint lock clean-venv
+
+setup:
+	bash tools/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+lint: setup
+	.venv/bin/ruff check .
+
+# Re-resolve exact versions after editing requirements/base.in.
+lock: setup
+	.venv/bin/uv pip compile requirements/base.in -o requirements/lock.txt --python-version 3.11 --no-header
+
+clean-venv:
+	rm -rf .venv
