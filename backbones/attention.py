@@ -1,0 +1,451 @@
+"""Attention kernels shared by every family (the one place they live).
+
+Functional kernels take per-head tensors ``(B, heads, N, d)`` and return the same layout; the
+modules wrap them with the official parameter names (``qkv`` or ``q``/``kv``, ``proj``,
+``residual``, ``relative_position_bias_table``, ``get_v``, ``temperature``) so released
+checkpoints load unchanged.
+
+Numerics: under autocast the linear-attention reductions (K^T V, means, sums, denominators) run in
+fp32. The official InLine code relies only on splitting sqrt(s/N) onto K and V, which still
+overflows fp16 for large activations; computing the small d x d state in fp32 costs little.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ATTENTION_LETTERS",
+    "GlobalAttention",
+    "L2ViTLinearAttention",
+    "LePEAttention",
+    "LocalConcentrationModule",
+    "WindowAttention",
+    "injective_linear_attention",
+    "l2vit_linear_attention",
+    "parse_attention_types",
+    "plain_linear_attention",
+    "predicted_local_residual",
+    "shifted_window_attention",
+    "softmax_attention",
+]
+
+# Per-stage attention letters, as in the official strings such as 'IIIS'.
+ATTENTION_LETTERS = {"I": "inline", "L": "linear", "S": "softmax"}
+
+
+def parse_attention_types(spec: str | Sequence[str], depths: Sequence[int]) -> list[list[str]]:
+    """Expand a per-stage spec into one attention type per block.
+
+    ``spec`` has one letter per stage ('IIIS'), or per block within a stage given as a list
+    (``['I', 'I', 'II' + 'S' * 16, 'S']``); letters: I = InLine, L = plain linear, S = softmax.
+    """
+    if len(spec) != len(depths):
+        raise ValueError(f"attention spec {spec!r} has {len(spec)} stages, the model has "
+                         f"{len(depths)}; give one letter per stage")
+    out = []
+    for stage, (letters, depth) in enumerate(zip(spec, depths)):
+        letters = letters * depth if len(letters) == 1 else letters
+        if len(letters) != depth:
+            raise ValueError(f"stage {stage}: {letters!r} names {len(letters)} blocks, the stage "
+                             f"has {depth}")
+        bad = set(letters) - set(ATTENTION_LETTERS)
+        if bad:
+            raise ValueError(f"unknown attention letter(s) {sorted(bad)} in {spec!r}; use "
+                             f"{', '.join(f'{k}={v}' for k, v in ATTENTION_LETTERS.items())}")
+        out.append([ATTENTION_LETTERS[c] for c in letters])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Functional kernels
+# --------------------------------------------------------------------------------------------
+
+def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.float() for t in tensors]
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      bias: torch.Tensor | None = None, scale: float | None = None,
+                      dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v through SDPA (fused kernels where the backend has them)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                          scale=scale)
+
+
+def plain_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """Linear attention normalised by the row sum: phi(q) (phi(K)^T V) / (phi(q) . sum phi(K)).
+
+    ``q`` and ``k`` must already be non-negative (the caller applies the kernel, ReLU here).
+    Not injective: q and 2q give the same weights (the division removes the scale).
+    """
+    dtype = q.dtype
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = _fp32(q, k, v)
+        kv = k.transpose(-2, -1) @ v                             # (B, h, d, d)
+        denom = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, N, 1)
+        out = (q @ kv) / (denom + eps)
+    return out.to(dtype)
+
+
+def injective_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """InLine attention: w_ij = (s/N) (q_i.k_j - q_i.mean(K)) + 1/N, rows sum to 1.
+
+    Linear form: out = q (K' ^T V') + (1 - s q.mean(K)) mean(V) with K' = K sqrt(s/N),
+    V' = V sqrt(s/N) (the official split of the factor), state in fp32.
+    """
+    dtype, n = q.dtype, k.shape[-2]
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = _fp32(q, k, v)
+        f = math.sqrt(scale / n)
+        kv = (k * f).transpose(-2, -1) @ (v * f)
+        k_mean = k.mean(dim=-2, keepdim=True)
+        v_mean = v.mean(dim=-2, keepdim=True)
+        out = q @ kv + (1.0 - scale * (q @ k_mean.transpose(-2, -1))) * v_mean
+    return out.to(dtype)
+
+
+def l2vit_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           temperature: torch.Tensor, clamp_min: float = 100.0) -> torch.Tensor:
+    """L2ViT global attention: relu q, k; (q (K^T V) t) / clamp(q . sum K, min).
+
+    ``temperature`` has shape (heads, 1, 1); the clamp keeps the denominator from vanishing.
+    """
+    dtype = q.dtype
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = _fp32(F.relu(q), F.relu(k), v)
+        kv = (k.transpose(-2, -1) @ v) * temperature.float()
+        denom = (q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1)).clamp(min=clamp_min)
+        out = (q @ kv) / denom
+    return out.to(dtype)
+
+
+def predicted_local_residual(v: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3 convolution with one kernel per (sample, channel), padding 1.
+
+    ``v``: (B, C, H, W); ``kernels``: (B, C, 3, 3). Equal to
+    ``F.conv2d(v.reshape(1, B*C, H, W), kernels.reshape(B*C, 1, 3, 3), padding=1, groups=B*C)``
+    (the official form), written as nine shifted multiply-adds: the grouped convolution with
+    groups=B*C is very slow in training on common backends (official repo, issue #7).
+    """
+    _, _, h, w = v.shape
+    vp = F.pad(v, (1, 1, 1, 1))
+    kernels = kernels.to(v.dtype)
+    out = vp[:, :, 0:h, 0:w] * kernels[:, :, 0, 0, None, None]
+    for i in range(3):
+        for j in range(3):
+            if i == 0 and j == 0:
+                continue
+            out = out + vp[:, :, i:i + h, j:j + w] * kernels[:, :, i, j, None, None]
+    return out
+
+
+def _pad_hw(x: torch.Tensor, mult_h: int, mult_w: int) -> tuple[torch.Tensor, int, int]:
+    """Zero-pad a (B, H, W, C) map at the bottom/right to multiples of (mult_h, mult_w)."""
+    _, h, w, _ = x.shape
+    ph, pw = (-h) % mult_h, (-w) % mult_w
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    return x, ph, pw
+
+
+def _window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, wh * ww, C)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+def _window_reverse(x: torch.Tensor, wh: int, ww: int, b: int, h: int, w: int) -> torch.Tensor:
+    """(B * nW, wh * ww, C) -> (B, H, W, C)."""
+    c = x.shape[-1]
+    x = x.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive (nW, N, N) mask: -100 between tokens that were not neighbours before the roll."""
+    img = torch.zeros(1, h, w, 1, device=device)
+    cnt = 0
+    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    ids = _window_partition(img, window, window).squeeze(-1)
+    mask = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+def shifted_window_attention(x: torch.Tensor, attn: WindowAttention, shift: int = 0
+                             ) -> torch.Tensor:
+    """Window attention over any (B, H, W, C) map: zero-pad to a multiple of the window, roll by
+    ``shift`` with the Swin mask, attend within windows, undo, crop. Returns (B, H, W, C)."""
+    b, h, w, _ = x.shape
+    ws = attn.window_size
+    x, ph, pw = _pad_hw(x, ws, ws)
+    hp, wp = h + ph, w + pw
+    mask = None
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        mask = _shift_mask(hp, wp, ws, shift, x.device)
+    y = attn(_window_partition(x, ws, ws), mask=mask)
+    y = _window_reverse(y, ws, ws, b, hp, wp)
+    if shift:
+        y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+    return y[:, :h, :w, :].contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Modules (official parameter names)
+# --------------------------------------------------------------------------------------------
+
+class GlobalAttention(nn.Module):
+    """Global attention over all tokens: InLine, plain linear or softmax.
+
+    ``mode='inline'``: injective normalisation and the predicted local residual, each of which can
+    be switched off (``injective``, ``local``) for the paper's ablation rows; with
+    ``injective=False`` the normaliser is the row sum of ReLU features (plain linear attention).
+    ``mode='linear'``: plain linear attention (ReLU kernel, row-sum normaliser), no residual.
+    ``mode='softmax'``: scaled dot-product softmax attention.
+
+    ``split_kv=True`` names the projections ``q`` and ``kv`` (PVT) instead of ``qkv``.
+    Tokens are (B, N, C) with ``num_prefix_tokens`` leading tokens (cls) outside the H x W grid;
+    they take part in the attention and the mean but not in the local convolution.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mode: str = "inline", qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, split_kv: bool = False,
+                 injective: bool | None = None, local: bool | None = None,
+                 kernel: str = "identity", num_prefix_tokens: int = 0):
+        super().__init__()
+        if mode not in ("inline", "linear", "softmax"):
+            raise ValueError(f"unknown attention mode {mode!r}; use 'inline', 'linear' or 'softmax'")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.mode = mode
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.num_prefix_tokens = num_prefix_tokens
+        self.injective = (mode == "inline") if injective is None else injective
+        self.local = (mode == "inline") if local is None else local
+        if mode != "inline" and (injective or local):
+            raise ValueError("injective / local apply to mode='inline' only")
+        # InLine's kernel phi (identity in every released model); the row-sum form needs phi >= 0.
+        self.kernel = kernel if self.injective or mode != "inline" else "relu"
+        if mode == "linear":
+            self.kernel = "relu"
+        self.split_kv = split_kv
+        if split_kv:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if mode == "inline" and self.local:
+            # Predicts one 3x3 depthwise kernel per (sample, channel) from the token mean.
+            self.residual = nn.Sequential(
+                nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads),
+                nn.GELU(),
+                nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads),
+            )
+
+    def _phi(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "identity":
+            return t
+        if self.kernel == "relu":
+            return F.relu(t)
+        if self.kernel == "leaky_relu":
+            return F.leaky_relu(t)
+        if self.kernel == "exp":
+            return torch.exp(0.2 * t)
+        raise ValueError(f"unknown kernel {self.kernel!r}; use identity, relu, leaky_relu or exp")
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int],
+                mean_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (B, N, C) tokens, ``hw``: the grid of the N - prefix tokens.
+        ``mean_source``: tokens whose mean predicts the local kernels (default ``x``)."""
+        b, n, c = x.shape
+        if self.split_kv:
+            q = self.q(x)
+            k, v = self.kv(x).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if self.mode == "softmax":
+            out = softmax_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        elif self.injective:
+            out = injective_linear_attention(self._phi(q), self._phi(k), v, self.scale)
+        else:
+            out = plain_linear_attention(self._phi(q), self._phi(k), v)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        if self.mode == "inline" and self.local:
+            out = out + self.local_residual(x if mean_source is None else mean_source, v, hw)
+        return self.proj_drop(self.proj(out))
+
+    def local_residual(self, mean_source: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]
+                       ) -> torch.Tensor:
+        """The predicted 3x3 residual on V's grid, as (B, N, C) with zeros on prefix tokens."""
+        b, _, n, _ = v.shape
+        c = self.num_heads * self.head_dim
+        p = self.num_prefix_tokens
+        kernels = self.residual(mean_source.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
+        grid = v[:, :, p:].transpose(1, 2).reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
+        res = predicted_local_residual(grid, kernels).flatten(2).transpose(1, 2)
+        return F.pad(res, (0, 0, p, 0)) if p else res
+
+
+class WindowAttention(nn.Module):
+    """Swin window softmax attention with a relative position bias (set ``rel_pos=False`` for
+    plain window attention, as in L2ViT's LWA). Input (B*nW, N, C), N = window_size**2."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, rel_pos: bool = True):
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.attn_drop = attn_drop
+        if rel_pos:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * window_size - 1) ** 2, num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index",
+                                 relative_position_index(window_size), persistent=True)
+        else:
+            self.relative_position_bias_table = None
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        bw, n, c = x.shape
+        q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        bias = None
+        if self.relative_position_bias_table is not None:
+            idx = self.relative_position_index.view(-1)
+            bias = self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
+            bias = bias.unsqueeze(0).to(q.dtype)
+        if mask is not None:
+            nw = mask.shape[0]
+            m = mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N)
+            bias = m if bias is None else bias + m
+            bias = bias.repeat(bw // nw, 1, 1, 1)
+        out = softmax_attention(q, k, v, bias=bias, scale=self.scale,
+                                dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """(N, N) index into the (2w-1)^2 bias table, Swin's layout."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
+                                        indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return rel[:, :, 0] * (2 * window_size - 1) + rel[:, :, 1]
+
+
+class L2ViTLinearAttention(nn.Module):
+    """L2ViT linear global attention (LGA): qkv with bias, ReLU features, learnable per-head
+    temperature (init d**-0.5), denominator clamped at ``clamp_min``. Input (B, N, C)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
+                 clamp_min: float = 100.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.clamp_min = clamp_min
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), self.head_dim ** -0.5))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = l2vit_linear_attention(q, k, v, self.temperature, self.clamp_min)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class LocalConcentrationModule(nn.Module):
+    """L2ViT's LCM: depthwise 7x7 -> GELU -> BatchNorm -> depthwise 7x7, on (B, C, H, W)."""
+
+    def __init__(self, dim: int, kernel_size: int = 7):
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size, padding=pad, groups=dim)
+        self.act = nn.GELU()
+        self.bn = nn.BatchNorm2d(dim)
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size, padding=pad, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.bn(self.act(self.conv1(x))))
+
+
+class LePEAttention(nn.Module):
+    """CSwin cross-shaped softmax attention of one branch with LePE (``get_v``).
+
+    ``branch``: 0 = vertical stripes (full height, width ``split_size``), 1 = horizontal stripes,
+    -1 = the whole map (CSwin's last stage). Input q, k, v as (B, N, C_branch) on grid ``hw``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, split_size: int, branch: int,
+                 attn_drop: float = 0.0):
+        super().__init__()
+        if branch not in (-1, 0, 1):
+            raise ValueError(f"branch must be -1, 0 or 1, got {branch}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.split_size = split_size
+        self.branch = branch
+        self.attn_drop = attn_drop
+        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+
+    def stripe(self) -> tuple[int, int]:
+        """Stripe (height, width); 0 = full extent."""
+        return {-1: (0, 0), 0: (0, self.split_size), 1: (self.split_size, 0)}[self.branch]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]
+                ) -> torch.Tensor:
+        b, n, c = q.shape
+        h, w = hw
+        sh, sw = self.stripe()
+        sh, sw = sh or h, sw or w
+        grids = [_pad_hw(t.view(b, h, w, c), sh, sw)[0] for t in (q, k, v)]
+        hp, wp = grids[0].shape[1:3]
+        qw, kw, vw = (_window_partition(g, sh, sw) for g in grids)          # (B*nW, L, C)
+        bw, length = qw.shape[:2]
+        # LePE: depthwise 3x3 on V within each stripe (zero padding at stripe borders).
+        lepe = self.get_v(vw.transpose(1, 2).reshape(bw, c, sh, sw))
+        lepe = lepe.reshape(bw, self.num_heads, self.head_dim, length).transpose(-2, -1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(bw, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        mask = None
+        if hp != h or wp != w:
+            # Padded positions must not be attended to.
+            valid = torch.zeros(1, hp, wp, 1, device=q.device, dtype=torch.bool)
+            valid[:, :h, :w] = True
+            key_ok = _window_partition(valid, sh, sw).view(-1, length)        # (nW, L)
+            key_ok = key_ok.repeat(b, 1)
+            mask = key_ok[:, None, None, :]
+        out = softmax_attention(heads(qw), heads(kw), heads(vw), bias=mask, scale=self.scale,
+                                dropout_p=self.attn_drop if self.training else 0.0) + lepe
+        out = out.transpose(1, 2).reshape(bw, length, c)
+        out = _window_reverse(out, sh, sw, b, hp, wp)[:, :h, :w]
+        return out.reshape(b, n, c)
