@@ -7,8 +7,9 @@ STAMP := .venv/.setup-stamp
 setup:
 	bash tools/setup.sh
 
+# pytest exits 5 when it collects nothing: say so instead of passing or failing silently.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests"; exit $$rc
 
 test-all: setup
 	$(PY) -m pytest -q -m ""

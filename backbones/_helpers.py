@@ -43,7 +43,8 @@ def resize_pos_embed_to(pos_embed: torch.Tensor, target: torch.Tensor, num_prefi
 
     Grids default to square when not given (the official models are built square).
     """
-    if pos_embed.shape == target.shape:
+    same_grid = old_hw is None or new_hw is None or tuple(old_hw) == tuple(new_hw)
+    if pos_embed.shape == target.shape and same_grid:  # 14x14 and 7x28 share a length
         return pos_embed
     n_new = target.shape[1] - num_prefix_tokens
     if new_hw is None:

@@ -44,12 +44,23 @@ def parse_attention_types(spec: str | Sequence[str], depths: Sequence[int]) -> l
 
     ``spec`` has one letter per stage ('IIIS'), or per block within a stage given as a list
     (``['I', 'I', 'II' + 'S' * 16, 'S']``); letters: I = InLine, L = plain linear, S = softmax.
+    The official mixed-stage spelling is accepted too: an ``M`` stage letter followed, after the
+    stage letters, by a count n, meaning n InLine blocks then softmax ('IIMS2' = InLine-Swin-B).
     """
+    if isinstance(spec, str) and len(spec) > len(depths) and spec[len(depths):].isdigit():
+        letters, n = spec[:len(depths)], int(spec[len(depths):])
+        if "M" not in letters:
+            raise ValueError(f"attention spec {spec!r}: a trailing count needs an 'M' stage")
+        spec = ["I" * min(n, d) + "S" * max(d - n, 0) if c == "M" else c
+                for c, d in zip(letters, depths, strict=True)]
+    elif isinstance(spec, str) and "M" in spec:
+        raise ValueError(f"attention spec {spec!r}: an 'M' stage needs the number of leading "
+                         f"InLine blocks after the {len(depths)} stage letters, e.g. 'IIMS2'")
     if len(spec) != len(depths):
         raise ValueError(f"attention spec {spec!r} has {len(spec)} stages, the model has "
                          f"{len(depths)}; give one letter per stage")
     out = []
-    for stage, (letters, depth) in enumerate(zip(spec, depths)):
+    for stage, (letters, depth) in enumerate(zip(spec, depths, strict=True)):
         letters = letters * depth if len(letters) == 1 else letters
         if len(letters) != depth:
             raise ValueError(f"stage {stage}: {letters!r} names {len(letters)} blocks, the stage "
@@ -206,6 +217,16 @@ def shifted_window_attention(x: torch.Tensor, attn: WindowAttention, shift: int 
 # Modules (official parameter names)
 # --------------------------------------------------------------------------------------------
 
+# Feature maps phi for InLine (the official Swin file offers these four).
+_KERNELS = {
+    "identity": lambda t: t,
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "exp": lambda t: torch.exp(0.2 * t),
+}
+_KERNEL_ALIASES = {"leakyrelu": "leaky_relu"}  # the official config spelling
+
+
 class GlobalAttention(nn.Module):
     """Global attention over all tokens: InLine, plain linear or softmax.
 
@@ -226,7 +247,7 @@ class GlobalAttention(nn.Module):
                  kernel: str = "identity", num_prefix_tokens: int = 0):
         super().__init__()
         if mode not in ("inline", "linear", "softmax"):
-            raise ValueError(f"unknown attention mode {mode!r}; use 'inline', 'linear' or 'softmax'")
+            raise ValueError(f"unknown attention mode {mode!r}; use inline, linear or softmax")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.mode = mode
@@ -238,10 +259,11 @@ class GlobalAttention(nn.Module):
         self.local = (mode == "inline") if local is None else local
         if mode != "inline" and (injective or local):
             raise ValueError("injective / local apply to mode='inline' only")
-        # InLine's kernel phi (identity in every released model); the row-sum form needs phi >= 0.
-        self.kernel = kernel if self.injective or mode != "inline" else "relu"
-        if mode == "linear":
-            self.kernel = "relu"
+        kernel = _KERNEL_ALIASES.get(kernel, kernel)
+        if kernel not in _KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; use one of {sorted(_KERNELS)}")
+        # InLine's phi is the identity in every released model; the row-sum form needs phi >= 0.
+        self.kernel = kernel if mode == "inline" and self.injective else "relu"
         self.split_kv = split_kv
         if split_kv:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -260,15 +282,7 @@ class GlobalAttention(nn.Module):
             )
 
     def _phi(self, t: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "identity":
-            return t
-        if self.kernel == "relu":
-            return F.relu(t)
-        if self.kernel == "leaky_relu":
-            return F.leaky_relu(t)
-        if self.kernel == "exp":
-            return torch.exp(0.2 * t)
-        raise ValueError(f"unknown kernel {self.kernel!r}; use identity, relu, leaky_relu or exp")
+        return _KERNELS[self.kernel](t)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape

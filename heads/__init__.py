@@ -1,1 +1,1 @@
-"""heads package."""
+"""Heads and necks (classification head, simple pyramid neck)."""

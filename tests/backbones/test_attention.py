@@ -70,7 +70,8 @@ def test_predicted_residual_equals_grouped_conv():
 def test_plain_linear_matches_explicit():
     q, k, v = torch.rand(2, 3, 35, 8), torch.rand(2, 3, 35, 8), torch.randn(2, 3, 35, 8)
     ref = row_sum_weights(q, k) @ v
-    torch.testing.assert_close(A.plain_linear_attention(q, k, v, eps=0.0), ref, atol=1e-5, rtol=1e-4)
+    out = A.plain_linear_attention(q, k, v, eps=0.0)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
 def test_ablation_modes_match_explicit():
@@ -97,7 +98,8 @@ def test_injectivity():
     torch.testing.assert_close(row_sum_weights(q, k), row_sum_weights(2 * q, k))
     # ... and the kernel itself gives the same output for both (it is that formula).
     v = torch.randn(1, 1, 10, 8)
-    torch.testing.assert_close(A.plain_linear_attention(q, k, v), A.plain_linear_attention(2 * q, k, v))
+    torch.testing.assert_close(A.plain_linear_attention(q, k, v),
+                               A.plain_linear_attention(2 * q, k, v))
     w1, w2 = inline_weights(q, k), inline_weights(2 * q, k)
     assert (w1 - w2).abs().max() > 1e-3
     s = 8 ** -0.5
@@ -142,7 +144,8 @@ def window_reference(x, attn, shift):
         return (coord >= size - ws).long() + (coord >= size - shift).long()
 
     reg = region(ys, hp) * 3 + region(xs, wp)
-    same = (win.flatten()[:, None] == win.flatten()[None]) & (reg.flatten()[:, None] == reg.flatten()[None])
+    win, reg = win.flatten(), reg.flatten()
+    same = (win[:, None] == win[None]) & (reg[:, None] == reg[None])
     tokens = xr.reshape(b, hp * wp, c)
     q, k, v = (heads(t, nh) for t in attn.qkv(tokens).chunk(3, dim=-1))
     logits = q @ k.transpose(-2, -1) * attn.scale
@@ -243,5 +246,12 @@ def test_parse_attention_types():
         A.parse_attention_types("IX", [1, 1])
     with pytest.raises(ValueError, match="blocks"):
         A.parse_attention_types(["I", "IS"], [2, 3])
+    # The official mixed spelling: 'M' stage = n InLine blocks, then softmax.
+    assert A.parse_attention_types("IMS3", [1, 5, 1]) == [
+        ["inline"], ["inline"] * 3 + ["softmax"] * 2, ["softmax"]]
+    with pytest.raises(ValueError, match="'M' stage needs"):
+        A.parse_attention_types("IMS", [1, 5, 1])
     with pytest.raises(ValueError, match="unknown attention mode"):
         A.GlobalAttention(8, 2, mode="cosine")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        A.GlobalAttention(8, 2, kernel="tanh")

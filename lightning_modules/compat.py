@@ -1,0 +1,75 @@
+"""Known incompatibilities of the pinned stack, handled here and nowhere else.
+
+1. torch >= 2.6 loads with ``weights_only=True`` by default; mmengine 0.10.7 calls ``torch.load``
+   without the argument, so a checkpoint whose ``meta`` holds numpy values fails to load in
+   ``load_checkpoint`` / ``init_cfg=Pretrained`` / ``load_from``. We replace mmengine's local-file
+   loader by one that keeps ``weights_only=True`` and allow-lists only numpy scalars and arrays.
+   Checkpoints written by mmengine's Runner also pickle ``HistoryBuffer``, whose unpickling needs
+   ``builtins.getattr`` (that would undo what weights_only protects), so those need the explicit
+   opt-in ``LAV_TRUSTED_CHECKPOINTS=1``; this project resumes through Lightning's checkpoints.
+2. mmdet 3.3 and mmsegmentation 1.2.2 require mmcv >= 2.0.0rc4, < 2.2.0 (tools/setup.sh pins
+   2.1.0, built from source with ops); ``check_mm_versions`` says so clearly instead of failing
+   deep inside an import.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+TRUSTED_ENV = "LAV_TRUSTED_CHECKPOINTS"
+MMCV_RANGE = ("2.0.0rc4", "2.2.0")
+
+_NUMPY_SAFE_GLOBALS = [
+    np._core.multiarray.scalar,
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *{type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
+                                  "float16", "float32", "float64")},
+]
+
+
+def safe_torch_load(file, map_location=None):
+    """``torch.load`` with ``weights_only=True`` (numpy values allowed), or a clear error."""
+    if os.environ.get(TRUSTED_ENV) == "1":
+        return torch.load(file, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError with its own long text
+        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+            raise
+        name = getattr(file, "name", file)
+        raise RuntimeError(
+            f"checkpoint {name} holds Python objects beyond tensors and numpy values (for "
+            f"example an mmengine Runner's HistoryBuffer), which torch refuses to unpickle "
+            f"safely. If you trust the file, set {TRUSTED_ENV}=1 to load it with "
+            f"weights_only=False.") from e
+
+
+def _load_from_local(filename: str, map_location=None):
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f"checkpoint {filename} does not exist")
+    return safe_torch_load(filename, map_location=map_location)
+
+
+def check_mm_versions() -> None:
+    """Fail early, with the fix, when the installed mmcv is outside what mmdet/mmseg accept."""
+    import mmcv
+    from packaging.version import parse
+
+    lo, hi = MMCV_RANGE
+    if not parse(lo) <= parse(mmcv.__version__) < parse(hi):
+        raise ImportError(f"mmcv {mmcv.__version__} is installed, but mmdet 3.3 / mmsegmentation "
+                          f"1.2.2 need mmcv >= {lo}, < {hi}; run `make setup` (builds 2.1.0)")
+
+
+def install() -> None:
+    """Apply the fixes above; idempotent."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes="", loader=_load_from_local, force=True)
