@@ -1,22 +1,162 @@
-"""Checkpoint and position-embedding helpers shared by the family files."""
+"""Helpers shared by the family files: argument checks, weight init, the timm classifier API,
+model building, checkpoints and position embeddings.
+
+Each family file keeps its own model class and timm registration; what lives here is only what
+was written out identically in several of them, so that a fix lands in every family at once.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table, trunc_normal_
+from timm.models import build_model_with_cfg
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "ClassifierMixin",
+    "build_backbone",
+    "check_common_args",
+    "check_global_pool",
+    "check_output_fmt",
+    "init_weights_trunc_normal",
     "load_checkpoint",
+    "maybe_checkpoint",
     "pad_to_multiple",
+    "pos_embed_for_grid",
     "resize_pos_embed_to",
     "resize_rel_pos_tables",
+    "to_pair",
     "unwrap_state_dict",
 ]
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+# ---- argument checks --------------------------------------------------------------------------
+
+def _alternatives(options: Sequence[str]) -> str:
+    """``'a' or 'b'`` for two options, ``one of ('a', 'b', 'c')`` for more (error messages)."""
+    return " or ".join(map(repr, options)) if len(options) <= 2 else f"one of {tuple(options)}"
+
+
+def check_global_pool(global_pool: str, allowed: Sequence[str]) -> None:
+    """Reject a pooling the family's ``forward_head`` does not implement: an unknown string would
+    otherwise silently mean 'no pooling'."""
+    if global_pool not in allowed:
+        raise ValueError(f"global_pool must be {_alternatives(allowed)}, got {global_pool!r}")
+
+
+def check_output_fmt(output_fmt: str, allowed: Sequence[str]) -> None:
+    """``forward_intermediates``' layout check (the families differ in which layouts they give)."""
+    if output_fmt not in allowed:
+        raise ValueError(f"output_fmt must be {_alternatives(allowed)}, got {output_fmt!r}")
+
+
+def check_common_args(global_pool: str, allowed_pools: Sequence[str], *,
+                      num_classes: int | None = None, drop_rate: float = 0.0,
+                      attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
+    """The ``__init__`` checks every family makes, in one order (pool, classes, rates), so that a
+    bad argument fails at construction with a clear message rather than deep in a forward.
+
+    ``num_classes=None`` skips the class-count check (families that check it elsewhere or not).
+    """
+    check_global_pool(global_pool, allowed_pools)
+    if num_classes is not None and num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
+                    ("drop_path_rate", drop_path_rate)):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
+
+
+def to_pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    """A positive int or a pair of them -> (h, w); ``name`` is for the error message."""
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, int) and i > 0 for i in t):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+    return t
+
+
+# ---- weight init, checkpointing, the timm API --------------------------------------------------
+
+def init_weights_trunc_normal(m: nn.Module, std: float = 0.02,
+                              weight_types: tuple[type[nn.Module], ...] = (nn.Linear,)) -> None:
+    """The official init of every family (use with ``model.apply``): truncated normal weights
+    and zero biases on ``weight_types``, LayerNorm weight 1 / bias 0."""
+    if isinstance(m, weight_types):
+        trunc_normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def maybe_checkpoint(enabled: bool, block: nn.Module, *args: Any) -> torch.Tensor:
+    """``block(*args)``, through non-reentrant activation checkpointing when ``enabled`` (never
+    while scripting, which cannot trace ``checkpoint``)."""
+    if enabled and not torch.jit.is_scripting():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
+class ClassifierMixin:
+    """timm's ``get_classifier`` / ``reset_classifier`` / ``set_grad_checkpointing`` for a model
+    with a linear ``head`` on ``num_features`` pooled features.
+
+    Per family: ``global_pools`` (the poolings its ``forward_head`` implements) and
+    ``reinit_head`` (re-apply the official init to a new head, as the official CSwin does;
+    otherwise the head keeps ``nn.Linear``'s default init, as timm's models do).
+    """
+
+    global_pools: ClassVar[tuple[str, ...]] = ("avg", "")
+    reinit_head: ClassVar[bool] = False
+
+    head: nn.Module
+    num_features: int
+    num_classes: int
+    global_pool: str
+    grad_checkpointing: bool
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            check_global_pool(global_pool, self.global_pools)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                     else nn.Identity())
+        if self.reinit_head:
+            init_weights_trunc_normal(self.head)
+
+
+def build_backbone(model_cls: type[_M], variant: str, pretrained: bool,
+                   filter_fn: Callable[[dict, _M], dict[str, torch.Tensor]],
+                   default_out_indices: Sequence[int], **kwargs: Any) -> _M:
+    """``build_model_with_cfg`` as every family calls it: the family's checkpoint filter for
+    pretrained weights, and a ``features_only`` wrapper that uses ``forward_intermediates``."""
+    out_indices = kwargs.pop("out_indices", default_out_indices)
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs)
+
+
+# ---- checkpoints and position embeddings -------------------------------------------------------
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
 
@@ -55,6 +195,19 @@ def resize_pos_embed_to(pos_embed: torch.Tensor, target: torch.Tensor, num_prefi
         new_hw = (side, side)
     return resample_abs_pos_embed(pos_embed, list(new_hw), old_size=old_hw,
                                   num_prefix_tokens=num_prefix_tokens, verbose=False)
+
+
+def pos_embed_for_grid(pos_embed: torch.Tensor, stored_hw: tuple[int, int],
+                       hw: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """A learned (1, P + h*w, C) position embedding stored for ``stored_hw``, resampled to the
+    grid ``hw`` of the input actually seen (itself when the grids match): any input size runs."""
+    if hw == stored_hw:
+        return pos_embed
+    # The target only carries the token count; its leading 0 keeps resize_pos_embed_to's shape
+    # shortcut from firing when a different grid happens to have the same number of tokens.
+    target = pos_embed.new_empty((0, num_prefix_tokens + hw[0] * hw[1], 0))
+    return resize_pos_embed_to(pos_embed, target, num_prefix_tokens=num_prefix_tokens,
+                               old_hw=stored_hw, new_hw=hw)
 
 
 def resize_rel_pos_tables(state_dict: dict[str, torch.Tensor], model: nn.Module

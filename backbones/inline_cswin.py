@@ -29,14 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, Mlp
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._helpers import pad_to_multiple, unwrap_state_dict
+from . import _helpers
 from .attention import (
     LePEAttention,
     injective_linear_attention,
@@ -81,7 +80,7 @@ class ConvStem(nn.Sequential):
                          _MapToTokens(), nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self[0](pad_to_multiple(x, _STEM_STRIDE))
+        x = self[0](_helpers.pad_to_multiple(x, _STEM_STRIDE))
         hw = (x.shape[-2], x.shape[-1])
         return self[2](self[1](x)), hw
 
@@ -212,12 +211,7 @@ class CSwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def _check_rate(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-
-
-class InLineCSwin(nn.Module):
+class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
     """InLine-CSwin backbone / classifier (any input size; features at strides 4, 8, 16, 32).
 
     Args:
@@ -230,6 +224,8 @@ class InLineCSwin(nn.Module):
             block as a list of strings; official 'IISS'. 'SSSS' is the plain CSwin.
         inline_injective, inline_local: the paper's ablation switches for the InLine blocks.
     """
+
+    reinit_head = True  # the official reset_classifier re-applies the init to the new head
 
     def __init__(self, img_size: int | tuple[int, int] = 224, in_chans: int = 3,
                  num_classes: int = 1000, global_pool: str = "avg", embed_dim: int = 64,
@@ -247,11 +243,8 @@ class InLineCSwin(nn.Module):
         if embed_dim < 1 or in_chans < 1 or num_classes < 0 or mlp_ratio <= 0:
             raise ValueError("embed_dim and in_chans must be >= 1, num_classes >= 0, "
                              "mlp_ratio > 0")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        for name, rate in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                           ("drop_path_rate", drop_path_rate)):
-            _check_rate(name, rate)
+        _helpers.check_common_args(global_pool, self.global_pools, drop_rate=drop_rate,
+                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         types = parse_attention_types(attn_types, depths)
         dims = [embed_dim * 2 ** i for i in range(_NUM_STAGES)]
         for i, (dim, heads) in enumerate(zip(dims, num_heads, strict=True)):
@@ -289,18 +282,7 @@ class InLineCSwin(nn.Module):
                                           module=f"stage{i + 1}"))
         self.norm = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Official init: truncated normal Linear weights, zero biases; LayerNorm 1 / 0.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(_helpers.init_weights_trunc_normal)
 
     # ---------------------------------------------------------------- timm model API
 
@@ -312,43 +294,23 @@ class InLineCSwin(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        # merge{k} sits between stage k and stage k+1: grouped at the end of stage k.
+        # merge{k} sits between stage k and stage k+1: grouped at the end of stage k (coarse:
+        # in stage k's group, like Swin's downsample, so frozen_stages=k covers it).
         return dict(
             stem=r"^stage1_conv_embed",
-            blocks=[(r"^stage(\d+)\.", None), (r"^merge(\d+)\.", (99998,))] if coarse else [
+            blocks=[(r"^stage(\d+)\.", None), (r"^merge(\d+)\.", None)] if coarse else [
                 (r"^stage(\d+)\.(\d+)\.", None),
                 (r"^merge(\d+)\.", (99998,)),
                 (r"^norm", (99999,)),
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                     else nn.Identity())
-        self._init_weights(self.head)
-
     def _run_stage(self, i: int, x: torch.Tensor, hw: tuple[int, int]
                    ) -> tuple[torch.Tensor, tuple[int, int]]:
         if i > 0:
             x, hw = getattr(self, f"merge{i}")(x, hw)
         for blk in getattr(self, f"stage{i + 1}"):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, hw, use_reentrant=False)
-            else:
-                x = blk(x, hw)
+            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
         return x, hw
 
     def forward_intermediates(
@@ -362,8 +324,7 @@ class InLineCSwin(nn.Module):
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs at strides 4/8/16/32 (``norm`` applies the final norm to the last
         stage only, as timm does); returns the list, or (final NCHW map, list)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        _helpers.check_output_fmt(output_fmt, ("NCHW", "NHWC"))
         take_indices, max_index = feature_take_indices(_NUM_STAGES, indices)
         if max_index >= self._num_stages_kept:
             raise ValueError(f"stage {max_index} was pruned (kept {self._num_stages_kept})")
@@ -424,7 +385,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: InLineCSwin
     adapted (timm's ``adapt_input_conv``), and classifier weights are dropped for a model built
     without a head (``num_classes=0``).
     """
-    sd = unwrap_state_dict(state_dict)
+    sd = _helpers.unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -454,13 +415,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_inline_cswin(variant: str, pretrained: bool = False, **kwargs: Any) -> InLineCSwin:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        InLineCSwin, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    return _helpers.build_backbone(InLineCSwin, variant, pretrained, checkpoint_filter_fn,
+                                   (0, 1, 2, 3), **kwargs)
 
 
 @register_model

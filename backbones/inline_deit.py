@@ -17,25 +17,14 @@ from functools import partial
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._helpers import pad_to_multiple, resize_pos_embed_to, unwrap_state_dict
+from . import _helpers
 from .attention import GlobalAttention, parse_attention_types
 
 __all__ = ["InLineDeiT", "checkpoint_filter_fn"]
-
-_GLOBAL_POOLS = ("token", "avg", "")
-
-
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and i > 0 for i in t):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t
-
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection; the image is zero-padded (bottom/right) to a multiple of
@@ -47,7 +36,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(pad_to_multiple(x, self.patch_size))
+        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
         hw = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), hw
 
@@ -76,13 +65,15 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class InLineDeiT(nn.Module):
+class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
     """DeiT with InLine (or linear / softmax, per block) global attention.
 
     ``attn_types``: one letter for every block ('I' InLine, 'L' plain linear, 'S' softmax) or one
     letter per block ('IIIIIISSSSSS'). ``img_size`` is the construction resolution: it fixes the
     stored position-embedding grid (official checkpoints: 224 / 288 / 448); inputs of any size run.
     """
+
+    global_pools = ("token", "avg", "")
 
     def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int = 16,
                  in_chans: int = 3, num_classes: int = 1000, global_pool: str = "token",
@@ -92,19 +83,14 @@ class InLineDeiT(nn.Module):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1):
         super().__init__()
-        img_size = _pair(img_size, "img_size")
+        img_size = _helpers.to_pair(img_size, "img_size")
         if not isinstance(patch_size, int) or patch_size <= 0:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
         if not isinstance(depth, int) or depth <= 0:
             raise ValueError(f"depth must be a positive int, got {depth!r}")
-        if global_pool not in _GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                        ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
+                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                                   drop_path_rate=drop_path_rate)
         if not isinstance(attn_types, str):
             raise ValueError(f"attn_types must be a string of letters I/L/S, got {attn_types!r}")
         # DeiT is a single stage: the spec is one letter for all blocks or one per block.
@@ -142,14 +128,7 @@ class InLineDeiT(nn.Module):
     def _init_weights(self) -> None:
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(_helpers.init_weights_trunc_normal)
 
     # ---- timm model API ---------------------------------------------------------------------
 
@@ -162,32 +141,11 @@ class InLineDeiT(nn.Module):
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
     # ---- forward ----------------------------------------------------------------------------
 
     def _pos_embed_for(self, hw: tuple[int, int]) -> torch.Tensor:
-        if hw == self.grid_size:
-            return self.pos_embed
-        # The target only carries the token count; its leading 0 keeps the helper's shape
-        # shortcut from firing when a different grid happens to have the same number of tokens.
-        target = self.pos_embed.new_empty((0, 1 + hw[0] * hw[1], 0))
-        return resize_pos_embed_to(self.pos_embed, target, num_prefix_tokens=1,
-                                   old_hw=self.grid_size, new_hw=hw)
+        return _helpers.pos_embed_for_grid(self.pos_embed, self.grid_size, hw,
+                                           self.num_prefix_tokens)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, hw = self.patch_embed(x)
@@ -195,9 +153,7 @@ class InLineDeiT(nn.Module):
         return self.pos_drop(x + self._pos_embed_for(hw)), hw
 
     def _block(self, blk: Block, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, hw, use_reentrant=False)
-        return blk(x, hw)
+        return _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> normed tokens (B, 1 + ceil(H/16) * ceil(W/16), C), cls first."""
@@ -222,8 +178,7 @@ class InLineDeiT(nn.Module):
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Block outputs without the cls token, as (B, C, ceil(H/16), ceil(W/16)) maps
         (``output_fmt='NCHW'``) or (B, N, C) tokens (``'NLC'``)."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        _helpers.check_output_fmt(output_fmt, ("NCHW", "NLC"))
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         b = x.shape[0]
         x, (h, w) = self._embed(x)
@@ -258,7 +213,7 @@ def checkpoint_filter_fn(state_dict: dict, model: InLineDeiT) -> dict[str, torch
     Names are the official ones; the position embedding is resampled when the checkpoint was
     trained at another ``img_size`` (e.g. the DeiT-S 288 checkpoint into a 224 model).
     """
-    sd = unwrap_state_dict(state_dict)
+    sd = _helpers.unwrap_state_dict(state_dict)
     out = {}
     for k, v in sd.items():
         if k == "patch_embed.proj.weight" and v.ndim < 4:
@@ -270,19 +225,15 @@ def checkpoint_filter_fn(state_dict: dict, model: InLineDeiT) -> dict[str, torch
             if side * side != n_old:
                 raise ValueError(f"checkpoint pos_embed has {n_old} patch tokens, not a square "
                                  "grid; cannot tell its layout")
-            v = resize_pos_embed_to(v, model.pos_embed, model.num_prefix_tokens,
-                                    old_hw=(side, side), new_hw=model.grid_size)
+            v = _helpers.resize_pos_embed_to(v, model.pos_embed, model.num_prefix_tokens,
+                                             old_hw=(side, side), new_hw=model.grid_size)
         out[k] = v
     return out
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineDeiT:
-    out_indices = kwargs.pop("out_indices", (3, 5, 7, 11))
-    return build_model_with_cfg(
-        InLineDeiT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs)
+    return _helpers.build_backbone(InLineDeiT, variant, pretrained, checkpoint_filter_fn,
+                                   (3, 5, 7, 11), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:

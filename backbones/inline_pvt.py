@@ -20,25 +20,14 @@ from functools import partial
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._helpers import pad_to_multiple, resize_pos_embed_to, unwrap_state_dict
+from . import _helpers
 from .attention import GlobalAttention, parse_attention_types, softmax_attention
 
 __all__ = ["InLinePVT", "checkpoint_filter_fn"]
-
-_GLOBAL_POOLS = ("avg", "")
-
-
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and i > 0 for i in t):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t
-
 
 class PatchEmbed(nn.Module):
     """Strided conv + LayerNorm (eps 1e-5: the official patch embedding does not take the blocks'
@@ -52,7 +41,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(pad_to_multiple(x, self.patch_size))
+        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
         hw = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
@@ -74,7 +63,7 @@ class SpatialReductionAttention(GlobalAttention):
                 mean_source: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         grid = x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
-        reduced = self.sr(pad_to_multiple(grid, self.sr_ratio)).flatten(2).transpose(1, 2)
+        reduced = self.sr(_helpers.pad_to_multiple(grid, self.sr_ratio)).flatten(2).transpose(1, 2)
         reduced = self.norm(reduced)
         k, v = self.kv(reduced).chunk(2, dim=-1)
         out = softmax_attention(self._heads(self.q(x)), self._heads(k), self._heads(v),
@@ -110,7 +99,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class InLinePVT(nn.Module):
+class InLinePVT(_helpers.ClassifierMixin, nn.Module):
     """Four-stage pyramid (strides 4/8/16/32) with per-stage learned position embeddings.
 
     ``attn_types``: one letter per stage ('IIII'), or per block within a stage as a list;
@@ -129,7 +118,7 @@ class InLinePVT(nn.Module):
                  inline_local: bool = True, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1):
         super().__init__()
-        img_size = _pair(img_size, "img_size")
+        img_size = _helpers.to_pair(img_size, "img_size")
         if not isinstance(patch_size, int) or patch_size <= 0:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
         num_stages = len(depths)
@@ -141,14 +130,9 @@ class InLinePVT(nn.Module):
             raise ValueError(f"depths must be positive ints, got {tuple(depths)}")
         if any(not isinstance(r, int) or r <= 0 for r in sr_ratios):
             raise ValueError(f"sr_ratios must be positive ints, got {tuple(sr_ratios)}")
-        if global_pool not in _GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                        ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
+                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                                   drop_path_rate=drop_path_rate)
         types = parse_attention_types(attn_types, depths)
 
         self.num_classes = num_classes
@@ -195,14 +179,7 @@ class InLinePVT(nn.Module):
     def _init_weights(self) -> None:
         for i in range(self.num_stages):
             trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(_helpers.init_weights_trunc_normal)
 
     # ---- timm model API ---------------------------------------------------------------------
 
@@ -219,34 +196,11 @@ class InLinePVT(nn.Module):
         return dict(stem=stem, blocks=[(r"^block(\d+)\.(\d+)", None),
                                        (r"^(?:patch_embed|pos_embed)(\d+)", (0,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                     else nn.Identity())
-
     # ---- forward ----------------------------------------------------------------------------
 
     def _pos_embed_for(self, i: int, hw: tuple[int, int]) -> torch.Tensor:
-        pos = getattr(self, f"pos_embed{i + 1}")
-        if hw == self.grid_sizes[i]:
-            return pos
-        # The target only carries the token count; its leading 0 keeps the helper's shape
-        # shortcut from firing when a different grid happens to have the same number of tokens.
-        target = pos.new_empty((0, hw[0] * hw[1], 0))
-        return resize_pos_embed_to(pos, target, num_prefix_tokens=0, old_hw=self.grid_sizes[i],
-                                   new_hw=hw)
+        return _helpers.pos_embed_for_grid(getattr(self, f"pos_embed{i + 1}"),
+                                           self.grid_sizes[i], hw, num_prefix_tokens=0)
 
     def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_i, ceil(H/s), ceil(W/s)) through stage ``i``."""
@@ -254,10 +208,7 @@ class InLinePVT(nn.Module):
         x, hw = getattr(self, f"patch_embed{i + 1}")(x)
         x = getattr(self, f"pos_drop{i + 1}")(x + self._pos_embed_for(i, hw))
         for blk in getattr(self, f"block{i + 1}"):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, hw, use_reentrant=False)
-            else:
-                x = blk(x, hw)
+            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
         return x.transpose(1, 2).reshape(b, -1, hw[0], hw[1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -280,8 +231,7 @@ class InLinePVT(nn.Module):
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs as (B, C_i, ceil(H/s_i), ceil(W/s_i)) maps, s_i = 4, 8, 16, 32.
         ``norm`` has no effect: the model has no final norm."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        _helpers.check_output_fmt(output_fmt, ("NCHW",))
         take_indices, max_index = feature_take_indices(self.num_stages, indices)
         last = max_index if stop_early else self.num_stages - 1
         intermediates = []
@@ -317,7 +267,7 @@ def checkpoint_filter_fn(state_dict: dict, model: InLinePVT) -> dict[str, torch.
     Names are the official ones; per-stage position embeddings are resampled when the checkpoint
     was trained at another ``img_size``.
     """
-    sd = unwrap_state_dict(state_dict)
+    sd = _helpers.unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -327,19 +277,15 @@ def checkpoint_filter_fn(state_dict: dict, model: InLinePVT) -> dict[str, torch.
             if side * side != v.shape[1]:
                 raise ValueError(f"checkpoint {k} has {v.shape[1]} tokens, not a square grid; "
                                  "cannot tell its layout")
-            v = resize_pos_embed_to(v, own[k], num_prefix_tokens=0, old_hw=(side, side),
-                                    new_hw=model.grid_sizes[stage])
+            v = _helpers.resize_pos_embed_to(v, own[k], num_prefix_tokens=0, old_hw=(side, side),
+                                             new_hw=model.grid_sizes[stage])
         out[k] = v
     return out
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLinePVT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        InLinePVT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs)
+    return _helpers.build_backbone(InLinePVT, variant, pretrained, checkpoint_filter_fn,
+                                   (0, 1, 2, 3), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:

@@ -24,14 +24,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ._helpers import pad_to_multiple, resize_pos_embed_to, resize_rel_pos_tables, unwrap_state_dict
+from . import _helpers
 from .attention import (
     GlobalAttention,
     WindowAttention,
@@ -53,7 +52,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(pad_to_multiple(x, self.patch_size))
+        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
         return self.norm(x.permute(0, 2, 3, 1))
 
 
@@ -133,11 +132,8 @@ class InLineSwinStage(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled() \
-                    and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            enabled = self.grad_checkpointing and torch.is_grad_enabled()
+            x = _helpers.maybe_checkpoint(enabled, blk, x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +141,7 @@ class InLineSwinStage(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
-class InLineSwin(nn.Module):
+class InLineSwin(_helpers.ClassifierMixin, nn.Module):
     """InLine-Swin backbone / classifier (timm API).
 
     ``attn_types``: one letter per stage (I = InLine global, L = plain linear global, S = Swin
@@ -179,12 +175,9 @@ class InLineSwin(nn.Module):
             raise ValueError(f"window_size must be >= 1, got {window_size}")
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        if global_pool not in ("", "avg"):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                        ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
+                                   drop_rate=drop_rate,
+                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         per_block = parse_attention_types(attn_types, depths)
 
         self.num_classes = num_classes
@@ -224,18 +217,7 @@ class InLineSwin(nn.Module):
                                           module=f"layers.{i}"))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Official init: truncated normal Linear weights, zero biases, unit LayerNorms.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(_helpers.init_weights_trunc_normal)
 
     # ---- timm API ---------------------------------------------------------------------------
 
@@ -261,20 +243,9 @@ class InLineSwin(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # The flag lives on the stages (their forward runs the blocks), as in timm's Swin.
         for layer in self.layers:
             layer.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("", "avg"):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -295,8 +266,7 @@ class InLineSwin(nn.Module):
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (before patch merging) as NCHW maps; ``norm`` applies the final norm to
         the last stage's map, as timm's Swin does."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        _helpers.check_output_fmt(output_fmt, ("NCHW",))
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         last = len(self.layers) - 1
         stages = self.layers[:max_index + 1] if stop_early else self.layers
@@ -350,13 +320,13 @@ def checkpoint_filter_fn(state_dict: dict, model: InLineSwin) -> dict[str, torch
     resizes relative position tables to the model's window and the absolute position embedding
     (``ape=True`` models) to the model's ``img_size`` grid.
     """
-    sd = unwrap_state_dict(state_dict)
+    sd = _helpers.unwrap_state_dict(state_dict)
     sd = {k: v for k, v in sd.items() if not re.search(r"(^|\.)attn_mask$", k)}
     pos = sd.get("absolute_pos_embed")
     if pos is not None and model.absolute_pos_embed is not None:
-        sd["absolute_pos_embed"] = resize_pos_embed_to(
+        sd["absolute_pos_embed"] = _helpers.resize_pos_embed_to(
             pos, model.absolute_pos_embed, num_prefix_tokens=0, new_hw=model.patch_grid)
-    return resize_rel_pos_tables(sd, model)
+    return _helpers.resize_rel_pos_tables(sd, model)
 
 
 def _cfg(**kwargs) -> dict:
@@ -377,10 +347,8 @@ default_cfgs = generate_default_cfgs({
 
 def _create_inline_swin(variant: str, pretrained: bool = False, **kwargs) -> InLineSwin:
     depths = kwargs.get("depths", (2, 2, 6, 2))
-    out_indices = kwargs.pop("out_indices", tuple(range(len(depths))))
-    return build_model_with_cfg(
-        InLineSwin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
+    return _helpers.build_backbone(InLineSwin, variant, pretrained, checkpoint_filter_fn,
+                                   tuple(range(len(depths))), **kwargs)
 
 
 # Drop path 0.2 / 0.3 / 0.5 as in the Swin configs the InLine (and sister Agent-Attention)

@@ -26,16 +26,16 @@ no ``temperature``; CPE, LCM, MLP and the LWA blocks are unchanged).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, Mlp
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._helpers import pad_to_multiple, unwrap_state_dict
+from . import _helpers
 from .attention import (
     GlobalAttention,
     L2ViTLinearAttention,
@@ -158,7 +158,7 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official code pads to the patch size (4) first; keeping it makes border outputs
         # identical to the official model at every size, not only multiples of 4.
-        x = self.proj(pad_to_multiple(x, 4))
+        x = self.proj(_helpers.pad_to_multiple(x, 4))
         return self.norm(_to_nhwc(x))
 
 
@@ -171,11 +171,11 @@ class Downsample(nn.Module):
         self.proj = nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_to_multiple(_to_nchw(self.norm(x)), 2)
+        x = _helpers.pad_to_multiple(_to_nchw(self.norm(x)), 2)
         return _to_nhwc(self.proj(x))
 
 
-class L2ViT(nn.Module):
+class L2ViT(_helpers.ClassifierMixin, nn.Module):
     """L2ViT backbone / classifier (timm API).
 
     Args:
@@ -226,12 +226,9 @@ class L2ViT(nn.Module):
             raise ValueError(f"unknown global_attn {global_attn!r}; use one of {GLOBAL_ATTN_TYPES}")
         if not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        for name, rate in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                           ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
+                                   drop_rate=drop_rate,
+                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
 
@@ -273,18 +270,12 @@ class L2ViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
-        self.apply(self._init_weights)
+        # Official: truncated normal (std .02) on every conv and linear weight, zero biases (the
+        # LayerNorms are left at torch's 1 / 0, which the shared init re-applies unchanged).
+        self.apply(partial(_helpers.init_weights_trunc_normal, weight_types=(nn.Conv2d, nn.Linear)))
         if isinstance(self.head, nn.Linear):
             self.head.weight.data.mul_(head_init_scale)
             self.head.bias.data.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Official: truncated normal (std .02) on every conv and linear weight, zero biases.
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     # ---------------------------------------------------------------- timm model API
     @torch.jit.ignore
@@ -303,29 +294,10 @@ class L2ViT(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                     else nn.Identity())
-
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            for blk in stage:
-                x = checkpoint(blk, x, use_reentrant=False)
-            return x
-        return stage(x)
+        for blk in stage:
+            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x)
+        return x
 
     def forward_intermediates(
         self,
@@ -341,8 +313,7 @@ class L2ViT(nn.Module):
         ``norm`` applies the final LayerNorm to the last stage's map only (the only one it fits).
         Returns the maps, or (final features, maps) unless ``intermediates_only``.
         """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        _helpers.check_output_fmt(output_fmt, ("NCHW", "NHWC"))
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
@@ -397,7 +368,7 @@ def checkpoint_filter_fn(state_dict: dict, model: L2ViT) -> dict[str, torch.Tens
     where the model really has no such tensor: ``attn.temperature`` for the softmax counterpart
     and ``head.*`` for a model without a classifier.
     """
-    sd = unwrap_state_dict(state_dict)
+    sd = _helpers.unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -408,13 +379,9 @@ def checkpoint_filter_fn(state_dict: dict, model: L2ViT) -> dict[str, torch.Tens
 
 
 def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
-    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1,) * 4)))))
-    return build_model_with_cfg(
-        L2ViT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    num_stages = len(kwargs.get("depths", (1,) * 4))
+    return _helpers.build_backbone(L2ViT, variant, pretrained, checkpoint_filter_fn,
+                                   tuple(range(num_stages)), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:

@@ -27,15 +27,9 @@ def _small(**kwargs) -> InLineCSwin:
     return timm.create_model("inline_cswin_tiny", **dict(SMALL, **kwargs))
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS_M))
-def test_param_count_matches_official(name):
-    with torch.device("meta"):
-        model = timm.create_model(name)
-    assert round(_count(model) / 1e6, 2) == OFFICIAL_PARAMS_M[name]
+def test_param_count_matches_official(name, meta_params_m):
+    assert meta_params_m(name) == OFFICIAL_PARAMS_M[name]
 
 
 def test_official_parameter_names_and_shapes():
@@ -263,13 +257,13 @@ def test_counterparts_and_ablations_build_and_run(kwargs):
     assert out.shape == (1, 10) and torch.isfinite(out).all()
 
 
-def test_softmax_counterpart_param_count():
+def test_softmax_counterpart_param_count(n_params):
     # Plain CSwin-T ('SSSS') = InLine-CSwin-T minus the residual predictors of stages 1-2.
     with torch.device("meta"):
         inline = timm.create_model("inline_cswin_tiny")
         soft = timm.create_model("inline_cswin_tiny", attn_types="SSSS")
     residual = sum(p.numel() for k, p in inline.named_parameters() if ".residual." in k)
-    assert _count(soft) == _count(inline) - residual
+    assert n_params(soft) == n_params(inline) - residual
 
 
 def test_grad_checkpointing_same_output():

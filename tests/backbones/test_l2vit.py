@@ -160,11 +160,8 @@ def test_matches_explicit_reference(global_attn):
 
 # ------------------------------------------------------------------ official layout
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS_M))
-def test_param_count_matches_official(name):
-    with torch.device("meta"):
-        m = timm.create_model(name)
-    n = sum(p.numel() for p in m.parameters())
-    assert round(n / 1e6, 2) == OFFICIAL_PARAMS_M[name]
+def test_param_count_matches_official(name, meta_params_m):
+    assert meta_params_m(name) == OFFICIAL_PARAMS_M[name]
 
 
 def test_official_names_and_shapes():
