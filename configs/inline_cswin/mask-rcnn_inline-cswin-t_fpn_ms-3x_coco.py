@@ -1,0 +1,59 @@
+# Mask R-CNN + FPN, InLine-CSwin-T backbone, 3x schedule (36 epochs), multi-scale training with the
+# Swin 3x augmentation (mmdet's swin `ms-crop-3x`, from DETR / Sparse R-CNN): a random short side
+# in 480..800 step 32, or, with probability 1/2, a short side in {400, 500, 600}, a random
+# 384..600 crop and then the 480..800 resize.
+_base_ = [
+    '../_base_/models/mask-rcnn_fpn.py',
+    '../_base_/datasets/coco_instance.py',
+    '../_base_/schedules/schedule_3x.py',
+    '../_base_/default_runtime.py',
+]
+
+# ImageNet-1K weights: a local file that you download yourself from the official release
+# (github.com/LeapLabTHU/InLine); nothing is downloaded by these configs.
+# Set `init_cfg=None` in `model.backbone` to train from scratch.
+pretrained = 'pretrained/inline_cswin_t.pth'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='InLineCSwin',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        # Detection drop-path rates: InLine and CSwin ship no detection configs; T 0.2 /
+        # S 0.3 as for the Swin-style sister repos (CSwin's own segmentation configs use
+        # T 0.3 / S 0.4).
+        drop_path_rate=0.2,
+        frozen_stages=-1,
+        with_cp=False,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[64, 128, 256, 512]))
+
+ms_scales = [(1333, 480 + 32 * i) for i in range(11)]  # short side 480, 512, ..., 800
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(
+        type='RandomChoice',
+        transforms=[
+            [dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True)],
+            [
+                dict(
+                    type='RandomChoiceResize',
+                    scales=[(1333, 400), (1333, 500), (1333, 600)],
+                    keep_ratio=True),
+                dict(
+                    type='RandomCrop',
+                    crop_type='absolute_range',
+                    crop_size=(384, 600),
+                    allow_negative_crop=True),
+                dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True),
+            ],
+        ]),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+
+# Set explicitly for clarity (same values as the schedule): AdamW lr 1e-4, weight decay 0.05.
+optim_wrapper = dict(optimizer=dict(lr=0.0001, weight_decay=0.05))
