@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.setup-stamp
 
-.PHONY: setup test test-all lint lock clean-venv
+.PHONY: setup test test-all lint lock clean-venv demo demo-det
 
 setup:
 	bash tools/setup.sh
@@ -23,3 +23,17 @@ lock: setup
 
 clean-venv:
 	rm -rf .venv
+
+# The main job: generate the demo data, train, evaluate and draw predictions (2 CPU cores).
+DEMO_DET := configs/demo/mask-rcnn_inline-pvt-demo_fpn_demo-coco.py
+DEMO_DET_DIR := work_dirs/demo_det
+
+demo: demo-det
+
+demo-det: setup
+	$(PY) tools/make_demo_data.py --out data/demo
+	rm -rf $(DEMO_DET_DIR)
+	$(PY) tools/train_det.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) --accelerator cpu
+	$(PY) tools/test_det.py $(DEMO_DET) $(DEMO_DET_DIR)/checkpoints/last.ckpt --accelerator cpu
+	$(PY) tools/infer.py $(DEMO_DET) $(DEMO_DET_DIR)/checkpoints/last.ckpt \
+		$$(ls data/demo/coco/val2017/*.jpg | head -n 6) --out $(DEMO_DET_DIR)/pictures
