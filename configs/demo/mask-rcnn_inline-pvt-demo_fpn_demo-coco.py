@@ -31,10 +31,12 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=width),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=len(classes)),
         mask_roi_extractor=dict(out_channels=width),
-        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=len(classes))),
+        mask_head=dict(in_channels=width, conv_out_channels=width, num_convs=2,
+                       num_classes=len(classes))),
+    # Fewer RoIs per image: RoIAlign and the heads dominate a CPU step.
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=50)))
@@ -66,13 +68,14 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-# From scratch on 120 images: a higher learning rate and a short warm-up.
-max_epochs = 16
+# From scratch on 120 images: more epochs than 1x, and AdamW lr 3e-4 (1e-3 diverges here: a
+# single batch cannot even be overfitted at 1e-3, while 3e-4 fits it steadily).
+max_epochs = 32
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=60),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[12, 15],
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[26, 30],
          gamma=0.1),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.0))
+optim_wrapper = dict(optimizer=dict(lr=3e-4, weight_decay=0.05), clip_grad=dict(max_norm=10.0))
 default_hooks = dict(logger=dict(interval=10))

@@ -154,9 +154,12 @@ def test_parameter_groups_and_schedule_follow_the_config(coco_root):
     assert decay[id(params["backbone.model.pos_embed1"])] == 0.0
     assert decay[id(params["backbone.model.block1.0.norm1.weight"])] == 0.0
     assert decay[id(params["backbone.model.block1.0.attn.q.weight"])] == pytest.approx(0.05)
-    # LinearLR(start_factor=0.01, end=60) after 3 iterations: mmengine reaches the end factor
-    # at iteration end - 1, so the ramp spans 59 steps; MultiStepLR has not acted yet.
-    expected = 1e-3 * (0.01 + (1 - 0.01) * 3 / 59)
+    # LinearLR after 3 iterations: mmengine reaches the end factor at iteration end - 1, so the
+    # ramp spans end - 1 steps; the epoch-based MultiStepLR has not acted yet.
+    warmup, lr = cfg.param_scheduler[0], cfg.optim_wrapper.optimizer.lr
+    assert warmup.type == "LinearLR" and not warmup.by_epoch
+    start = warmup.start_factor
+    expected = lr * (start + (1 - start) * 3 / (warmup.end - 1))
     assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
 
 
@@ -190,7 +193,9 @@ def test_one_training_step_then_evaluation(coco_root):
 
 
 def test_loss_falls_over_a_short_run(coco_root):
-    cfg = demo_cfg(coco_root, **{"train_dataloader.dataset.pipeline.3.prob": 0.0})
+    # No flips, and the config's lr without its long warm-up: 24 steps must show learning.
+    cfg = demo_cfg(coco_root, **{"train_dataloader.dataset.pipeline.3.prob": 0.0,
+                                 "param_scheduler": []})
     torch.manual_seed(0)
     module = DetectionModule(cfg)
     losses = []
