@@ -4,7 +4,7 @@
 # 384..600 crop and then the 480..800 resize.
 _base_ = [
     '../_base_/models/mask-rcnn_fpn.py',
-    '../_base_/datasets/coco_instance.py',
+    '../_base_/datasets/coco_instance_ms-crop-3x.py',
     '../_base_/schedules/schedule_3x.py',
     '../_base_/default_runtime.py',
 ]
@@ -28,32 +28,6 @@ model = dict(
         with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))
-
-ms_scales = [(1333, 480 + 32 * i) for i in range(11)]  # short side 480, 512, ..., 800
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomChoice',
-        transforms=[
-            [dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True)],
-            [
-                dict(
-                    type='RandomChoiceResize',
-                    scales=[(1333, 400), (1333, 500), (1333, 600)],
-                    keep_ratio=True),
-                dict(
-                    type='RandomCrop',
-                    crop_type='absolute_range',
-                    crop_size=(384, 600),
-                    allow_negative_crop=True),
-                dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True),
-            ],
-        ]),
-    dict(type='PackDetInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 # Set explicitly for clarity (same values as the schedule): AdamW lr 1e-4, weight decay 0.05.
 optim_wrapper = dict(optimizer=dict(lr=0.0001, weight_decay=0.05))
