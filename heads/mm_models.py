@@ -20,7 +20,6 @@ from mmseg.registry import MODELS as MMSEG_MODELS
 from timm.models._manipulate import group_parameters
 from torch import nn
 
-import backbones
 from backbones import inline_cswin, inline_deit, inline_pvt, inline_swin, l2vit
 from backbones._helpers import load_checkpoint
 
@@ -150,4 +149,4 @@ SimplePyramidNeck = _register(type("SimplePyramidNeck", (SimpleFeaturePyramid,),
 
 
 __all__ = ["InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin", "L2ViT", "SimplePyramidNeck",
-           "TimmBackbone", "backbones"]
+           "TimmBackbone"]
