@@ -3,31 +3,11 @@
 # in 480..800 step 32, or, with probability 1/2, a short side in {400, 500, 600}, a random
 # 384..600 crop and then the 480..800 resize.
 _base_ = [
-    '../_base_/models/mask-rcnn_fpn.py',
+    '../_base_/models/mask-rcnn_inline-cswin-t_fpn.py',
     '../_base_/datasets/coco_instance_ms-crop-3x.py',
     '../_base_/schedules/schedule_3x.py',
     '../_base_/default_runtime.py',
 ]
-
-# ImageNet-1K weights: a local file that you download yourself from the official release
-# (github.com/LeapLabTHU/InLine); nothing is downloaded by these configs.
-# Set `init_cfg=None` in `model.backbone` to train from scratch.
-pretrained = 'pretrained/inline_cswin_t.pth'
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='InLineCSwin',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        # Detection drop-path rates: InLine and CSwin ship no detection configs; T 0.2 /
-        # S 0.3 as for the Swin-style sister repos (CSwin's own segmentation configs use
-        # T 0.3 / S 0.4).
-        drop_path_rate=0.2,
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[64, 128, 256, 512]))
 
 # Set explicitly for clarity (same values as the schedule): AdamW lr 1e-4, weight decay 0.05.
 optim_wrapper = dict(optimizer=dict(lr=0.0001, weight_decay=0.05))

@@ -1,26 +1,7 @@
 # Mask R-CNN + FPN, L2ViT-T backbone, 1x schedule (12 epochs), single-scale training.
 _base_ = [
-    '../_base_/models/mask-rcnn_fpn.py',
+    '../_base_/models/mask-rcnn_l2vit-t_fpn.py',
     '../_base_/datasets/coco_instance.py',
     '../_base_/schedules/schedule_1x.py',
     '../_base_/default_runtime.py',
 ]
-
-# ImageNet-1K weights: a local file that you download yourself from the official release
-# (github.com/ChuanyangZheng/L2ViT); nothing is downloaded by these configs.
-# Set `init_cfg=None` in `model.backbone` to train from scratch.
-pretrained = 'pretrained/l2vit_t.pth'
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='L2ViT',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        # Detection drop-path rates follow the official L2ViT detection configs:
-        # 0.1 as in maskrcnn_1x_l2vit_v0_tiny_coco.py (1x: T/S 0.1, B 0.2; 3x: T/S 0.2, B 0.3).
-        drop_path_rate=0.1,
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
