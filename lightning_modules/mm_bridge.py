@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import os
 from typing import Any
 
@@ -221,8 +222,9 @@ class MMModelModule(L.LightningModule):
             return {}
         metrics = evaluator.evaluate(len(self.trainer.datamodule.dataset(split)))
         # Every rank gets the same (broadcast) values from mmengine, so no further sync.
+        # numbers.Real, not int | float: mmseg's IoUMetric returns numpy float32 scalars.
         self.log_dict({k: float(v) for k, v in metrics.items()
-                       if isinstance(v, int | float)}, prog_bar=False, rank_zero_only=False)
+                       if isinstance(v, numbers.Real)}, prog_bar=False, rank_zero_only=False)
         return metrics
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
