@@ -159,6 +159,8 @@ def build_backbone(model_cls: type[_M], variant: str, pretrained: bool,
 # ---- checkpoints and position embeddings -------------------------------------------------------
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
+# heads.classifier.ImageClassifier as the Lightning classification module holds it.
+_CLS_BACKBONE, _CLS_HEAD = "model.backbone.", "model.head."
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
@@ -166,14 +168,20 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
 
     Takes the first of ``model`` / ``state_dict`` / ``model_ema`` that holds a mapping (the
     official InLine and L2ViT releases use ``model``; Lightning and mmengine use ``state_dict``),
-    and strips DDP's ``module.`` prefix.
+    and strips DDP's ``module.`` prefix. A checkpoint of this project's classification module
+    (``model.backbone.*``, ``model.head.*``, ``model_ema.*``) gives its raw weights under the timm
+    names, so it loads wherever an official checkpoint does.
     """
     sd = checkpoint
     for key in _WRAPPER_KEYS:
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
             sd = sd[key]
             break
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    if any(k.startswith(_CLS_BACKBONE) for k in sd):
+        sd = {(k[len(_CLS_BACKBONE):] if k.startswith(_CLS_BACKBONE) else k[6:]): v
+              for k, v in sd.items() if k.startswith((_CLS_BACKBONE, _CLS_HEAD))}
+    return sd
 
 
 def resize_pos_embed_to(pos_embed: torch.Tensor, target: torch.Tensor, num_prefix_tokens: int,

@@ -1,13 +1,15 @@
-"""Deterministic generator of a small, real-format demo dataset (COCO instances + ADE20K).
+"""Deterministic generator of a small, real-format demo dataset (COCO instances, ADE20K and an
+ImageNet-style image folder).
 
-The data is small enough to train Mask R-CNN (MMDetection 3.x) and UperNet (MMSegmentation 1.x) on
-2 CPU cores in minutes, yet laid out exactly like the real datasets so the real dataset classes
-read it unchanged:
+The data is small enough to train Mask R-CNN (MMDetection 3.x), UperNet (MMSegmentation 1.x) and
+a classifier on 2 CPU cores in minutes, yet laid out exactly like the real datasets so the real
+dataset classes read it unchanged:
 
     ROOT/coco/{train2017,val2017}/*.jpg
     ROOT/coco/annotations/instances_{train2017,val2017}.json     (masks as RLE)
     ROOT/ade/ADEChallengeData2016/images/{training,validation}/*.jpg
     ROOT/ade/ADEChallengeData2016/annotations/{training,validation}/*.png  (0 = other, 1..K)
+    ROOT/imagenet/{train,val}/<class>/*.JPEG                     (one shape per image)
     ROOT/manifest.json                                           (what was generated, and how)
 
 Detection: class = shape (not colour); later objects occlude earlier ones and every instance mask
@@ -50,8 +52,11 @@ _COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 _ADE_SPLITS = {"train": ("training", "train"), "val": ("validation", "val")}
 _ADE_DIR = "ade/ADEChallengeData2016"
 _SPLIT_ID = {"train": 0, "val": 1}
-_DATASET_ID = {"coco": 0, "ade": 1}
-_DATA_ROOT = {"coco": "coco", "ade": _ADE_DIR}  # what a config's data_root points at
+_DATASET_ID = {"coco": 0, "ade": 1, "imagenet": 2}
+_DATA_ROOT = {"coco": "coco", "ade": _ADE_DIR, "imagenet": "imagenet"}  # a config's data_root
+# Classification images are smaller than the detection ones and one object fills much of them.
+DEFAULT_CLS_SIDE_RANGE = (64, 80)
+CLS_OBJ_SIZE_RANGE = (0.35, 0.8)
 
 
 # ----------------------------------------------------------------------------- drawing helpers
@@ -159,8 +164,10 @@ def _object_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndar
 
 
 def _coco_sample(rng: np.random.Generator, index: int, side_range: Sequence[int],
-                 max_objects: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image and its (class index, visible mask) instances, bottom to top."""
+                 max_objects: int, size_range: Sequence[float] = OBJ_SIZE_RANGE
+                 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One image and its (class index, visible mask) instances, bottom to top; object extents
+    are drawn log-uniformly from ``size_range`` times the image's shorter side."""
     h, w = _image_size(rng, side_range)
     bg = _coco_background(rng, h, w)
     short = min(h, w)
@@ -172,7 +179,7 @@ def _coco_sample(rng: np.random.Generator, index: int, side_range: Sequence[int]
         classes[-1] = index % len(DEMO_DET_CLASSES)
         objs: list[dict[str, Any]] = []
         for cls in classes:
-            lo, hi = OBJ_SIZE_RANGE
+            lo, hi = size_range
             d = max(short * math.exp(rng.uniform(math.log(lo), math.log(hi))), 10.0)
             g = _shape_geometry(rng, int(cls), d)
             r = min(g["radius"], (short - 2) / 2)
@@ -417,13 +424,49 @@ def make_ade_demo(root: str | os.PathLike, num_train: int = 80, num_val: int = 2
     return _finish(root, "ade", spec, files, summary)
 
 
+# ----------------------------------------------------------------------------- classification
+
+def _imagenet_files(counts: dict[str, int]) -> list[str]:
+    return [f"imagenet/{split}/{DEMO_DET_CLASSES[i % len(DEMO_DET_CLASSES)]}/{i + 1:06d}.JPEG"
+            for split in ("train", "val") for i in range(counts[split])]
+
+
+def make_imagenet_demo(root: str | os.PathLike, num_train: int = 800, num_val: int = 200,
+                       side_range: tuple[int, int] = DEFAULT_CLS_SIDE_RANGE,
+                       seed: int = 0) -> dict[str, Any]:
+    """Write the ImageNet-layout classification half under ``root/imagenet``: one shape of
+    ``DEMO_DET_CLASSES`` per image (class = shape, cycling, so the classes are balanced) on the
+    detection half's textured backgrounds, so that a backbone pre-trained here transfers to the
+    detection demo. Skips the work when the manifest records the same settings."""
+    root = Path(root)
+    counts = {"train": num_train, "val": num_val}
+    spec = dict(version=GENERATOR_VERSION, seed=seed, num_train=num_train, num_val=num_val,
+                side_range=list(side_range))
+    dirs = [root / "imagenet" / split / c for split in counts for c in DEMO_DET_CLASSES]
+    files = _imagenet_files(counts)
+    done = _begin(root, "imagenet", spec, files, dirs)
+    if done is not None:
+        return done
+    summary: dict[str, Any] = {"classes": list(DEMO_DET_CLASSES), "splits": {}}
+    for split, n in counts.items():
+        for i, rel in enumerate(files[:n] if split == "train" else files[num_train:]):
+            img, _ = _coco_sample(_rng(seed, "imagenet", split, i), i, side_range, max_objects=1,
+                                  size_range=CLS_OBJ_SIZE_RANGE)
+            _save_jpeg(img, root / rel)
+        summary["splits"][split] = {"images": n, "img_dir": f"{split}/"}
+    return _finish(root, "imagenet", spec, files, summary)
+
+
 def make_demo_data(root: str | os.PathLike = "data/demo", seed: int = 0, *, coco_train: int = 120,
                    coco_val: int = 30, ade_train: int = 80, ade_val: int = 20,
+                   cls_train: int = 800, cls_val: int = 200,
                    side_range: tuple[int, int] = DEFAULT_SIDE_RANGE,
                    max_objects: int = 5) -> dict[str, Any]:
-    """Both halves under ``root``; returns ``{"coco": summary, "ade": summary}``."""
+    """All three halves under ``root``; returns ``{"coco": .., "ade": .., "imagenet": ..}``
+    summaries."""
     return {"coco": make_coco_demo(root, coco_train, coco_val, side_range, max_objects, seed),
-            "ade": make_ade_demo(root, ade_train, ade_val, side_range, seed)}
+            "ade": make_ade_demo(root, ade_train, ade_val, side_range, seed),
+            "imagenet": make_imagenet_demo(root, cls_train, cls_val, seed=seed)}
 
 
 # ----------------------------------------------------------------------------- manifest

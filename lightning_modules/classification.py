@@ -1,0 +1,370 @@
+"""ImageNet-style classification: a LightningModule, an image-folder LightningDataModule, a
+prediction writer and the ``LightningCLI`` behind ``tools/train_cls.py``.
+
+The papers' recipe is configuration (``configs/classification/*.yaml``): timm's
+``create_transform`` (RandAugment, random erasing, resize / crop at the model's resolution),
+Mixup / CutMix with label smoothing, AdamW with linear warm-up and cosine decay by iteration, no
+weight decay on norms, biases, position embeddings, relative tables and temperatures, drop path,
+gradient clipping (``trainer.gradient_clip_val``), and model EMA evaluated beside the raw weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.loss import SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
+from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from heads.classifier import ImageClassifier
+
+from . import compat
+
+compat.install()
+
+__all__ = ["ClassificationModule", "ImageFolderDataModule", "PredictionWriter", "cli_main",
+           "warmup_cosine"]
+
+IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+def warmup_cosine(step: int, total: int, warmup: int, lr: float, warmup_lr: float,
+                  min_lr: float) -> float:
+    """Learning rate at optimizer step ``step``: linear from ``warmup_lr`` to ``lr`` over
+    ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` at ``total`` (the Swin / ConvNeXt
+    schedules, by iteration)."""
+    if step < warmup:
+        return warmup_lr + (lr - warmup_lr) * step / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+class ClassificationModule(L.LightningModule):
+    """A timm backbone of this project + a linear head, trained with the papers' recipe.
+
+    Args:
+        model_name: a registered variant, e.g. ``inline_swin_tiny``.
+        num_classes: set from the data (``tools/train_cls.py`` links it to the folder count).
+        model_kwargs: builder arguments (``drop_path_rate``, ``img_size``, reduced widths...).
+        drop_rate: dropout before the head.
+        checkpoint: an official or timm-layout checkpoint loaded through the family's filter
+            (the head too when its class count matches).
+        lr, weight_decay, betas, eps: AdamW; ``lr`` is for the whole (global) batch.
+        warmup_epochs, warmup_lr, min_lr: the schedule, stepped per optimizer step.
+        mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, label_smoothing: the loss.
+            Mixup / CutMix need an even batch size (the train loader drops the last batch).
+        ema_decay: keep an EMA of the weights (e.g. 0.9999) and evaluate it as ``val_ema/*``.
+        grad_checkpointing: recompute block activations in backward to save memory.
+    """
+
+    def __init__(self, model_name: str = "inline_deit_tiny", num_classes: int = 1000,
+                 model_kwargs: dict | None = None, drop_rate: float = 0.0,
+                 checkpoint: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 warmup_epochs: float = 20.0, warmup_lr: float = 1e-6, min_lr: float = 1e-5,
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
+                 mixup_switch_prob: float = 0.5, label_smoothing: float = 0.1,
+                 ema_decay: float | None = None, grad_checkpointing: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ImageClassifier(model_name, num_classes, drop_rate, **(model_kwargs or {}))
+        if checkpoint:
+            for note in self.model.load_pretrained(checkpoint):
+                rank_zero_info(note)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                               prob=mixup_prob, switch_prob=mixup_switch_prob,
+                               label_smoothing=label_smoothing, num_classes=num_classes)
+        # EMA after any checkpoint load, so that it starts from the loaded weights.
+        self.model_ema = None
+        if ema_decay:
+            self.model_ema = ModelEmaV3(self.model, decay=ema_decay).requires_grad_(False)
+        # Top-5 only where it means something (a 4-class demo would always score 1).
+        self.topk = [1, 5] if num_classes > 5 else [1]
+        self.metrics = torch.nn.ModuleDict({
+            f"{split}_{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for split in ("val", "val_ema", "test", "test_ema") for k in self.topk})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None:
+            if len(x) % 2:
+                raise ValueError(f"Mixup/CutMix need an even batch size, got {len(x)}: change "
+                                 "data.batch_size or set model.mixup_alpha=0 model.cutmix_alpha=0")
+            x, target = self.mixup(x, y)
+            loss = SoftTargetCrossEntropy()(self.model(x), target)
+        else:
+            loss = F.cross_entropy(self.model(x), y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.model_ema is not None:
+            self.model_ema.update(self.model, step=self.global_step)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True,
+                 batch_size=1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups_weight_decay(self.model, hp.weight_decay,
+                                           no_weight_decay_list=self.model.no_weight_decay())
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        self.trainer.fit_loop.setup_data()
+        per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
+        warmup = min(int(round(hp.warmup_epochs * per_epoch)), total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
+            step, total, warmup, hp.lr, hp.warmup_lr, hp.min_lr) / hp.lr)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- evaluation -------------------------------------------------------------------------
+
+    def _eval_step(self, split: str, batch) -> None:
+        x, y = batch
+        nets = [("", self.model)]
+        if self.model_ema is not None:
+            nets.append(("_ema", self.model_ema.module))
+        for suffix, net in nets:
+            logits = net(x)
+            self.log(f"{split}{suffix}/loss", F.cross_entropy(logits, y), batch_size=len(x),
+                     sync_dist=True)
+            for k in self.topk:
+                metric = self.metrics[f"{split}{suffix}_{k}"]
+                metric(logits, y)
+                self.log(f"{split}{suffix}/top{k}", metric, batch_size=len(x),
+                         prog_bar=k == 1 and not suffix)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        x, paths = batch
+        net = self.model_ema.module if self.model_ema is not None else self.model
+        probs = net(x).softmax(-1)
+        top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+        return {"paths": list(paths), "indices": top.indices.cpu(), "probs": top.values.cpu()}
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB, naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path} ({e}): the file is corrupt or not an "
+                         "image; replace or remove it") from None
+
+
+class ImageFolder(Dataset):
+    """``root/<class>/<image>``: classes are the sorted sub-folder names (as torchvision's
+    ImageFolder), or those given, so that val uses train's class indices."""
+
+    def __init__(self, root: str | os.PathLike, transform, classes: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.root} (expected "
+                                    f"{self.root}/<class>/<image>.JPEG)")
+        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = list(classes) if classes is not None else found
+        extra = sorted(set(found) - set(self.classes))
+        if extra:
+            raise ValueError(f"{self.root} has class folders not in the training set: {extra}")
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(str(p), index[c]) for c in found for p in sorted((self.root / c).iterdir())
+                        if p.suffix.lower() in IMG_EXTENSIONS]
+        if not self.samples:
+            raise ValueError(f"no images under {self.root}/<class>/ (extensions "
+                             f"{', '.join(IMG_EXTENSIONS)})")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path)), label
+
+
+class ImageFiles(Dataset):
+    """Every image under a folder (any layout), for ``predict``; yields (image, path)."""
+
+    def __init__(self, root: str | os.PathLike, transform):
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"predict_dir not found: {root}")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
+                                                     if p.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
+            raise ValueError(f"no images under {root}")
+        self.files = [str(p) for p in files]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_rgb(self.files[i])), self.files[i]
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """ImageNet layout ``data_dir/{train,val}/<class>/*.JPEG`` with timm's transforms.
+
+    Resolution, crop fraction, interpolation, mean and std default to the model's own
+    (``model_name``'s timm pretrained config, linked from the model by the CLI); set them to
+    override. ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
+    ``predict`` reads; it defaults to the val images.
+    """
+
+    def __init__(self, data_dir: str = "data/imagenet", model_name: str | None = None,
+                 batch_size: int = 128, num_workers: int = 8, img_size: int | None = None,
+                 crop_pct: float | None = None, interpolation: str | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 auto_augment: str | None = "rand-m9-mstd0.5-inc1", color_jitter: float = 0.4,
+                 re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1,
+                 train_split: str = "train", val_split: str = "val",
+                 predict_dir: str | None = None, pin_memory: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        cfg = get_pretrained_cfg(model_name) if model_name else None
+        cfg_size = cfg.input_size[-1] if cfg else 224
+        self.img_size = img_size or cfg_size
+        self.crop_pct = crop_pct or (cfg.crop_pct if cfg else 0.875)
+        self.interpolation = interpolation or (cfg.interpolation if cfg else "bicubic")
+        self.mean = tuple(mean or (cfg.mean if cfg else IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(std or (cfg.std if cfg else IMAGENET_DEFAULT_STD))
+        # Classes fix the model's head, so they are read now (the CLI links num_classes).
+        root = Path(data_dir)
+        split = root / train_split if (root / train_split).is_dir() else root / val_split
+        if not split.is_dir():
+            raise FileNotFoundError(f"no {train_split}/ or {val_split}/ folder under {root} "
+                                    "(expected the ImageNet layout: DIR/train/<class>/*.JPEG)")
+        self.classes = sorted(d.name for d in split.iterdir() if d.is_dir())
+        if not self.classes:
+            raise ValueError(f"{split} has no class sub-folders")
+        self._sets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def transform(self, training: bool):
+        hp = self.hparams
+        if training:
+            return create_transform(self.img_size, is_training=True, auto_augment=hp.auto_augment,
+                                    color_jitter=hp.color_jitter, re_prob=hp.re_prob,
+                                    re_mode=hp.re_mode, re_count=hp.re_count,
+                                    interpolation=self.interpolation, mean=self.mean, std=self.std)
+        return create_transform(self.img_size, is_training=False, crop_pct=self.crop_pct,
+                                interpolation=self.interpolation, mean=self.mean, std=self.std)
+
+    def dataset(self, stage: str) -> Dataset:
+        if stage not in self._sets:
+            hp, root = self.hparams, Path(self.hparams.data_dir)
+            if stage == "train":
+                ds = ImageFolder(root / hp.train_split, self.transform(True), self.classes)
+            elif stage == "predict" and hp.predict_dir:
+                ds = ImageFiles(hp.predict_dir, self.transform(False))
+            elif stage == "predict":
+                ds = ImageFiles(root / hp.val_split, self.transform(False))
+            else:  # val and test both read the val split (ImageNet's test labels are private)
+                ds = ImageFolder(root / hp.val_split, self.transform(False), self.classes)
+            self._sets[stage] = ds
+        return self._sets[stage]
+
+    def _loader(self, stage: str) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.dataset(stage), batch_size=hp.batch_size, shuffle=stage == "train",
+                          drop_last=stage == "train", num_workers=hp.num_workers,
+                          persistent_workers=hp.num_workers > 0 and stage == "train",
+                          pin_memory=hp.pin_memory and torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results to a CSV: path, then (class, probability) for the top k."""
+
+    def __init__(self, output_file: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        out = Path(self.output_file or Path(trainer.default_root_dir) / "predictions.csv")
+        if trainer.world_size > 1:  # one file per rank; the samplers split the images
+            out = out.with_name(f"{out.stem}.rank{trainer.global_rank}{out.suffix}")
+        classes = trainer.datamodule.classes
+        k = len(predictions[0]["indices"][0]) if predictions else 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path"] + [c for i in range(1, k + 1) for c in (f"top{i}", f"prob{i}")])
+            for batch in predictions:
+                for path, idx, prob in zip(batch["paths"], batch["indices"], batch["probs"],
+                                           strict=True):
+                    w.writerow([path] + [v for j, p in zip(idx.tolist(), prob.tolist(),
+                                                           strict=True)
+                                         for v in (classes[j], f"{p:.4f}")])
+        rank_zero_info(f"predictions written to {out}")
+
+
+class ClassificationCLI(LightningCLI):
+    """``fit`` / ``validate`` / ``test`` / ``predict`` with the data's class count and the
+    model's name linked, a checkpoint callback (last + best top-1) and the prediction writer."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.model_name", "data.model_name")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/top1",
+                             "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
+                             "checkpoint.filename": "best_top1_epoch{epoch}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> ClassificationCLI:
+    return ClassificationCLI(ClassificationModule, ImageFolderDataModule, args=args, run=run,
+                             save_config_kwargs={"overwrite": True})
