@@ -261,7 +261,15 @@ class MMDataModule(L.LightningDataModule):
             loader_cfg = self.cfg.get(f"{split}_dataloader")
             if loader_cfg is None:
                 raise ValueError(f"the config has no {split}_dataloader")
-            self._datasets[split] = DATASETS.build(copy.deepcopy(loader_cfg["dataset"]))
+            try:
+                self._datasets[split] = DATASETS.build(copy.deepcopy(loader_cfg["dataset"]))
+            except FileNotFoundError as e:  # mm's own message names the path, not the fix
+                root = loader_cfg["dataset"].get("data_root")
+                raise FileNotFoundError(
+                    f"the {split} data of the config is missing ({e}). Put the dataset under "
+                    f"data_root={root!r} or point the config at it: --cfg-options "
+                    f"{split}_dataloader.dataset.data_root=PATH (demo configs: run "
+                    "tools/make_demo_data.py first)") from e
             if len(self._datasets[split]) == 0:
                 raise ValueError(f"the {split} dataset of the config is empty: check data_root "
                                  f"and ann_file in {split}_dataloader.dataset")
