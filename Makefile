@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.setup-stamp
 
-.PHONY: setup test test-all lint lock clean-venv demo demo-det demo-seg
+.PHONY: setup test test-all lint lock clean-venv demo demo-det demo-seg demo-cls
 
 setup:
 	bash tools/setup.sh
@@ -54,3 +54,14 @@ demo-seg: setup
 	$(SEG_ENV) $(PY) tools/infer.py $(DEMO_SEG) $(DEMO_SEG_DIR)/checkpoints/last.ckpt \
 		$$(ls data/demo/ade/ADEChallengeData2016/images/validation/*.jpg | head -n 6) \
 		--out $(DEMO_SEG_DIR)/pictures
+
+# Classification: the detection demo's small InLine-PVT on data/demo/imagenet through the
+# Lightning CLI (fit, then validate the last checkpoint); not part of `make demo`.
+DEMO_CLS := configs/classification/demo_inline_pvt.yaml
+
+demo-cls: setup
+	$(PY) tools/make_demo_data.py --out data/demo
+	rm -rf work_dirs/demo_cls
+	OMP_NUM_THREADS=1 $(PY) tools/train_cls.py fit -c $(DEMO_CLS)
+	OMP_NUM_THREADS=1 $(PY) tools/train_cls.py validate -c $(DEMO_CLS) \
+		--ckpt_path work_dirs/demo_cls/checkpoints/last.ckpt

@@ -242,7 +242,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Resolution, crop fraction, interpolation, mean and std default to the model's own
     (``model_name``'s timm pretrained config, linked from the model by the CLI); set them to
-    override. ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
+    override. ``scale``: the area range of the random-resized crop (ImageNet's 0.08..1).
+    ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
     ``predict`` reads; it defaults to the val images.
     """
 
@@ -250,6 +251,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                  batch_size: int = 128, num_workers: int = 8, img_size: int | None = None,
                  crop_pct: float | None = None, interpolation: str | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 scale: tuple[float, float] = (0.08, 1.0),
                  auto_augment: str | None = "rand-m9-mstd0.5-inc1", color_jitter: float = 0.4,
                  re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1,
                  train_split: str = "train", val_split: str = "val",
@@ -281,7 +283,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     def transform(self, training: bool):
         hp = self.hparams
         if training:
-            return create_transform(self.img_size, is_training=True, auto_augment=hp.auto_augment,
+            return create_transform(self.img_size, is_training=True, scale=tuple(hp.scale),
+                                    auto_augment=hp.auto_augment,
                                     color_jitter=hp.color_jitter, re_prob=hp.re_prob,
                                     re_mode=hp.re_mode, re_count=hp.re_count,
                                     interpolation=self.interpolation, mean=self.mean, std=self.std)
