@@ -11,7 +11,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from lightning_modules.demo_data import (
+    CLASS_HUES,
     DEMO_DET_CLASSES,
+    HUE_JITTER,
     DEMO_SEG_CLASSES,
     MIN_VISIBLE_AREA,
     make_ade_demo,
@@ -22,8 +24,8 @@ from lightning_modules.demo_data import (
 # pycocotools' decode of a single RLE trips numpy 2's copy-keyword deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-SMALL = dict(coco_train=8, coco_val=4, ade_train=6, ade_val=3)
-TINY = dict(coco_train=2, coco_val=1, ade_train=2, ade_val=1)
+SMALL = dict(coco_train=8, coco_val=4, ade_train=6, ade_val=3, cls_train=12, cls_val=8)
+TINY = dict(coco_train=2, coco_val=1, ade_train=2, ade_val=1, cls_train=4, cls_val=4)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,32 @@ def test_refuses_to_write_over_foreign_files(tmp_path):
     with pytest.raises(FileExistsError, match="did not write"):
         make_coco_demo(tmp_path, num_train=1, num_val=1)
     assert (tmp_path / "coco" / "train2017" / "real.jpg").read_bytes() == b"not ours"
+
+
+def test_imagenet_layout_balanced_classes(demo):
+    root = demo / "imagenet"
+    for split, count in (("train", SMALL["cls_train"]), ("val", SMALL["cls_val"])):
+        folders = sorted(p.name for p in (root / split).iterdir())
+        assert folders == sorted(DEMO_DET_CLASSES)
+        sizes = [len(list((root / split / c).glob("*.JPEG"))) for c in DEMO_DET_CLASSES]
+        assert sizes == [count // len(DEMO_DET_CLASSES)] * len(DEMO_DET_CLASSES)
+
+
+def test_object_colours_lie_in_their_class_hue_band(demo):
+    """Each class keeps to its hue band (the colour cue the demo relies on), measured on the
+    decoded JPEG pixels under every instance mask."""
+    import colorsys
+
+    coco = load_coco(demo, "train")
+    checked = 0
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        img = coco.loadImgs(ann["image_id"])[0]
+        pixels = np.asarray(Image.open(demo / "coco" / "train2017" / img["file_name"]))
+        mask = coco.annToMask(ann).astype(bool)
+        r, g, b = np.median(pixels[mask], axis=0) / 255.0
+        hue = colorsys.rgb_to_hsv(r, g, b)[0]
+        centre = CLASS_HUES[coco.loadCats(ann["category_id"])[0]["name"]]
+        dist = min(abs(hue - centre), 1 - abs(hue - centre))  # hue is circular
+        assert dist < HUE_JITTER + 0.05, (img["file_name"], ann["category_id"], hue)
+        checked += 1
+    assert checked >= SMALL["coco_train"]
