@@ -34,6 +34,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from heads.classifier import ImageClassifier
 
 from . import compat
+from .distributed import scale_lr, total_batch_size
 
 compat.install()
 
@@ -72,6 +73,8 @@ class ClassificationModule(L.LightningModule):
             Mixup / CutMix need an even batch size (the train loader drops the last batch).
         ema_decay: keep an EMA of the weights (e.g. 0.9999) and evaluate it as ``val_ema/*``.
         grad_checkpointing: recompute block activations in backward to save memory.
+        base_batch_size: the total batch ``lr`` is for; when set, ``lr`` is scaled linearly to
+            the actual total batch (processes x batch_size x accumulation), printed at start.
     """
 
     def __init__(self, model_name: str = "inline_deit_tiny", num_classes: int = 1000,
@@ -81,7 +84,8 @@ class ClassificationModule(L.LightningModule):
                  warmup_epochs: float = 20.0, warmup_lr: float = 1e-6, min_lr: float = 1e-5,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, label_smoothing: float = 0.1,
-                 ema_decay: float | None = None, grad_checkpointing: bool = False):
+                 ema_decay: float | None = None, grad_checkpointing: bool = False,
+                 base_batch_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = ImageClassifier(model_name, num_classes, drop_rate, **(model_kwargs or {}))
@@ -133,13 +137,15 @@ class ClassificationModule(L.LightningModule):
         hp = self.hparams
         groups = param_groups_weight_decay(self.model, hp.weight_decay,
                                            no_weight_decay_list=self.model.no_weight_decay())
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
         self.trainer.fit_loop.setup_data()
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         warmup = min(int(round(hp.warmup_epochs * per_epoch)), total)
+        lr = scale_lr(hp.lr, hp.base_batch_size, total_batch_size(
+            self.trainer, self.trainer.train_dataloader.batch_size))
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
-            step, total, warmup, hp.lr, hp.warmup_lr, hp.min_lr) / hp.lr)
+            step, total, warmup, lr, hp.warmup_lr, hp.min_lr) / lr)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -60,6 +60,9 @@ def train_parser(task: str) -> argparse.ArgumentParser:
                     help="resume from CKPT, or from WORK_DIR/checkpoints/last.ckpt if no CKPT")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                     help="override config keys, e.g. train_dataloader.batch_size=4")
+    ap.add_argument("--auto-scale-lr", action="store_true",
+                    help="scale the config's lr linearly from auto_scale_lr.base_batch_size to "
+                         "the actual total batch (processes x batch_size x accumulation)")
     _add_trainer_flags(ap)
     return ap
 
@@ -77,6 +80,11 @@ def train_main(module_cls: type[MMModelModule], argv: list[str] | None = None):
     """Build the module and data from the config and fit; returns the Trainer."""
     args = train_parser(module_cls.__name__).parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
+    if args.auto_scale_lr:
+        if not (cfg.get("auto_scale_lr") or {}).get("base_batch_size"):
+            raise ValueError(f"--auto-scale-lr: {args.config} has no "
+                             "auto_scale_lr.base_batch_size (the total batch its lr is for)")
+        cfg.auto_scale_lr.enable = True
     work_dir = Path(args.work_dir or cfg.get("work_dir") or
                     Path("work_dirs") / Path(args.config).stem)
     ckpt_path = _resume_path(args.resume, work_dir)

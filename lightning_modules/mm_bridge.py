@@ -36,6 +36,7 @@ from mmengine.registry import (
 from torch.utils.data import DataLoader
 
 from . import compat
+from .distributed import scale_lr, total_batch_size
 
 compat.install()
 
@@ -136,6 +137,12 @@ class MMModelModule(L.LightningModule):
         optim_cfg["type"] = "OptimWrapper"
         for key in ("loss_scale", "dtype", "accumulative_counts"):
             optim_cfg.pop(key, None)
+        auto = self.cfg.get("auto_scale_lr") or {}
+        per_process = (self.cfg.get("train_dataloader") or {}).get("batch_size", 1)
+        optim_cfg.optimizer.lr = scale_lr(
+            optim_cfg.optimizer.lr, auto.get("base_batch_size"),
+            total_batch_size(self.trainer, per_process), enable=auto.get("enable", False),
+            how_to_enable="--auto-scale-lr")
         optimizer = build_optim_wrapper(self.model, optim_cfg).optimizer
         self._schedulers = self._build_schedulers(optimizer)
         if self._scheduler_states is not None:  # resuming: see on_load_checkpoint
