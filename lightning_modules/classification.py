@@ -248,7 +248,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Resolution, crop fraction, interpolation, mean and std default to the model's own
     (``model_name``'s timm pretrained config, linked from the model by the CLI); set them to
-    override. ``scale``: the area range of the random-resized crop (ImageNet's 0.08..1).
+    override. ``scale``: the area range of the random-resized crop (ImageNet's 0.08..1);
+    ``no_aug``: training images only resized and centre-cropped (fine-tuning, checks).
     ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
     ``predict`` reads; it defaults to the val images.
     """
@@ -260,7 +261,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                  scale: tuple[float, float] = (0.08, 1.0),
                  auto_augment: str | None = "rand-m9-mstd0.5-inc1", color_jitter: float = 0.4,
                  re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1,
-                 train_split: str = "train", val_split: str = "val",
+                 no_aug: bool = False, train_split: str = "train", val_split: str = "val",
                  predict_dir: str | None = None, pin_memory: bool = True):
         super().__init__()
         self.save_hyperparameters()
@@ -289,7 +290,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     def transform(self, training: bool):
         hp = self.hparams
         if training:
-            return create_transform(self.img_size, is_training=True, scale=tuple(hp.scale),
+            return create_transform(self.img_size, is_training=True, no_aug=hp.no_aug,
+                                    scale=tuple(hp.scale),
                                     auto_augment=hp.auto_augment,
                                     color_jitter=hp.color_jitter, re_prob=hp.re_prob,
                                     re_mode=hp.re_mode, re_count=hp.re_count,
