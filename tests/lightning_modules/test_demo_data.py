@@ -13,8 +13,8 @@ from pycocotools.coco import COCO
 from lightning_modules.demo_data import (
     CLASS_HUES,
     DEMO_DET_CLASSES,
-    HUE_JITTER,
     DEMO_SEG_CLASSES,
+    HUE_JITTER,
     MIN_VISIBLE_AREA,
     make_ade_demo,
     make_coco_demo,
