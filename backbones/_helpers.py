@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table, trunc_normal_
@@ -31,6 +32,7 @@ __all__ = [
     "pos_embed_for_grid",
     "resize_pos_embed_to",
     "resize_rel_pos_tables",
+    "safe_torch_load",
     "to_pair",
     "unwrap_state_dict",
 ]
@@ -149,11 +151,26 @@ def build_backbone(model_cls: type[_M], variant: str, pretrained: bool,
     """``build_model_with_cfg`` as every family calls it: the family's checkpoint filter for
     pretrained weights, and a ``features_only`` wrapper that uses ``forward_intermediates``."""
     out_indices = kwargs.pop("out_indices", default_out_indices)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs)
+    _check_pos_embed_grids(getattr(model, "model", model), variant)  # features_only wraps
+    return model
+
+
+def _check_pos_embed_grids(model: nn.Module, variant: str) -> None:
+    """A construction ``img_size`` smaller than a stage's stride leaves that stage's learned
+    position-embedding grid empty; the forward would then fail on a 0-element reshape."""
+    grids = getattr(model, "grid_sizes", None) or [getattr(model, "grid_size", (1, 1))]
+    for i, (gh, gw) in enumerate(grids):
+        if gh < 1 or gw < 1:
+            stride = model.feature_info[i]["reduction"]
+            raise ValueError(
+                f"img_size is too small for {variant}: the position-embedding grid of stage "
+                f"{i + 1} (stride {stride}) would be {gh} x {gw}; img_size must be at least "
+                f"{stride} on each side")
 
 
 # ---- checkpoints and position embeddings -------------------------------------------------------
@@ -238,20 +255,56 @@ def resize_rel_pos_tables(state_dict: dict[str, torch.Tensor], model: nn.Module
     return state_dict
 
 
+# Opt-in to full unpickling (arbitrary code can run while loading): only for trusted files.
+TRUSTED_ENV = "LAV_TRUSTED_CHECKPOINTS"
+# Numpy scalars and arrays (mmengine's meta, some releases' metrics) are plain data.
+_NUMPY_SAFE_GLOBALS = [
+    np._core.multiarray.scalar,
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *{type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
+                                  "float16", "float32", "float64")},
+]
+
+
+def safe_torch_load(file, map_location: Any = "cpu", weights_only: bool | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors, containers, numpy values), unless the
+    caller passes ``weights_only=False`` or the user sets ``LAV_TRUSTED_CHECKPOINTS=1``. A file
+    that needs more (an argparse Namespace, a yacs config, mmengine's HistoryBuffer) is refused
+    with a message naming both ways to opt in."""
+    if weights_only is False or os.environ.get(TRUSTED_ENV) == "1":
+        return torch.load(file, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError with its own long text
+        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+            raise
+        name = getattr(file, "name", file)
+        raise RuntimeError(
+            f"checkpoint {name} holds Python objects beyond tensors and numpy values (for "
+            f"example a training script's config or args, or an mmengine Runner's "
+            f"HistoryBuffer), which torch refuses to unpickle safely. If you trust the file, set "
+            f"{TRUSTED_ENV}=1 (or pass weights_only=False) to load it with "
+            f"weights_only=False.") from e
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, filter_fn=None,
                     strict: bool = True, weights_only: bool = True):
     """Load a checkpoint file into ``model`` through the family's ``checkpoint_filter_fn``.
 
-    ``weights_only=True`` (torch's safe unpickler) unless the caller opts out for a trusted file.
-    Returns the ``load_state_dict`` result (missing / unexpected keys).
+    Safe unpickling (``safe_torch_load``) unless the caller opts out with
+    ``weights_only=False`` for a trusted file. Returns the ``load_state_dict`` result.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # pickle errors and truncated files
-        raise RuntimeError(f"could not read checkpoint {path}: {e}. If it is a trusted file "
-                           "holding more than tensors, load it with weights_only=False") from e
+        ckpt = safe_torch_load(path, weights_only=weights_only)
+    except Exception as e:
+        if str(path) in str(e):  # the opt-in message names the file already
+            raise
+        raise RuntimeError(f"could not read checkpoint {path} (truncated or corrupt?): {e}") from e
     sd = filter_fn(ckpt, model) if filter_fn is not None else unwrap_state_dict(ckpt)
     try:
         return model.load_state_dict(sd, strict=strict)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones._helpers import safe_torch_load
+
 __all__ = ["ImageClassifier", "LinearClassifier"]
 
 
@@ -97,12 +99,16 @@ class ImageClassifier(nn.Module):
         return notes
 
     def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """``load_timm_state_dict`` from a file (safe unpickling: tensors and numpy only)."""
+        """``load_timm_state_dict`` from a file (safe unpickling: tensors and numpy only, unless
+        the user opts in with ``LAV_TRUSTED_CHECKPOINTS=1``)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated files
-            raise RuntimeError(f"could not read checkpoint {path}: {e}") from e
+            ckpt = safe_torch_load(path)
+        except Exception as e:
+            if str(path) in str(e):  # the opt-in message names the file already
+                raise
+            raise RuntimeError(f"could not read checkpoint {path} (truncated or corrupt?): "
+                               f"{e}") from e
         return self.load_timm_state_dict(ckpt, source=f"checkpoint {path}")
 

@@ -16,38 +16,21 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import torch
+from backbones import _helpers
 
-TRUSTED_ENV = "LAV_TRUSTED_CHECKPOINTS"
+TRUSTED_ENV = _helpers.TRUSTED_ENV
 MMCV_RANGE = ("2.0.0rc4", "2.2.0")
 
-_NUMPY_SAFE_GLOBALS = [
-    np._core.multiarray.scalar,
-    np._core.multiarray._reconstruct,
-    np.ndarray,
-    np.dtype,
-    *{type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
-                                  "float16", "float32", "float64")},
-]
+
+def trusted() -> bool:
+    """Whether the user opted in to full unpickling of the checkpoints they load."""
+    return os.environ.get(TRUSTED_ENV) == "1"
 
 
 def safe_torch_load(file, map_location=None):
-    """``torch.load`` with ``weights_only=True`` (numpy values allowed), or a clear error."""
-    if os.environ.get(TRUSTED_ENV) == "1":
-        return torch.load(file, map_location=map_location, weights_only=False)
-    try:
-        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
-            return torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError with its own long text
-        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
-            raise
-        name = getattr(file, "name", file)
-        raise RuntimeError(
-            f"checkpoint {name} holds Python objects beyond tensors and numpy values (for "
-            f"example an mmengine Runner's HistoryBuffer), which torch refuses to unpickle "
-            f"safely. If you trust the file, set {TRUSTED_ENV}=1 to load it with "
-            f"weights_only=False.") from e
+    """``torch.load`` with ``weights_only=True`` (numpy values allowed), or a clear error naming
+    the opt-in (``backbones._helpers.safe_torch_load``, shared with the backbone loaders)."""
+    return _helpers.safe_torch_load(file, map_location=map_location)
 
 
 def _load_from_local(filename: str, map_location=None):
