@@ -27,7 +27,6 @@ from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import Evaluator
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import (
-    DATASETS,
     FUNCTIONS,
     MODELS,
     PARAM_SCHEDULERS,
@@ -36,6 +35,8 @@ from mmengine.registry import (
 from torch.utils.data import DataLoader
 
 from . import compat
+from .callbacks import check_resumed_checkpoint
+from .data_checks import build_checked_dataset
 from .distributed import scale_lr, total_batch_size
 
 compat.install()
@@ -201,6 +202,7 @@ class MMModelModule(L.LightningModule):
         checkpoint["mm_param_schedulers"] = [s.state_dict() for s in self._schedulers]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumed_checkpoint(self, checkpoint)  # another config's checkpoint: one message
         # Called before configure_optimizers on resume; applied once schedulers exist.
         self._scheduler_states = checkpoint.get("mm_param_schedulers")
 
@@ -268,8 +270,11 @@ class MMDataModule(L.LightningDataModule):
             loader_cfg = self.cfg.get(f"{split}_dataloader")
             if loader_cfg is None:
                 raise ValueError(f"the config has no {split}_dataloader")
+            # Bad samples: named errors; skip_bad_samples=True (config key) skips bad training
+            # samples instead (lightning_modules/data_checks.py).
+            skip = split == "train" and bool(self.cfg.get("skip_bad_samples", False))
             try:
-                self._datasets[split] = DATASETS.build(copy.deepcopy(loader_cfg["dataset"]))
+                self._datasets[split] = build_checked_dataset(loader_cfg["dataset"], skip)
             except FileNotFoundError as e:  # mm's own message names the path, not the fix
                 root = loader_cfg["dataset"].get("data_root")
                 raise FileNotFoundError(
@@ -278,8 +283,12 @@ class MMDataModule(L.LightningDataModule):
                     f"{split}_dataloader.dataset.data_root=PATH (demo configs: run "
                     "tools/make_demo_data.py first)") from e
             if len(self._datasets[split]) == 0:
-                raise ValueError(f"the {split} dataset of the config is empty: check data_root "
-                                 f"and ann_file in {split}_dataloader.dataset")
+                ds = loader_cfg["dataset"]
+                raise ValueError(f"the {split} dataset of the config is empty: no images under "
+                                 f"data_root={ds.get('data_root')!r}, ann_file="
+                                 f"{ds.get('ann_file')!r}, data_prefix={ds.get('data_prefix')!r} "
+                                 f"(or all were bad and skipped); check "
+                                 f"{split}_dataloader.dataset")
         return self._datasets[split]
 
     def _loader(self, split: str) -> DataLoader:
