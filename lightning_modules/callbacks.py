@@ -131,6 +131,14 @@ class NonFiniteLoss(L.Callback):
         self._consecutive = 0
         self._batch_idx = 0
 
+    @classmethod
+    def from_config(cls, value: str | Mapping | None) -> NonFiniteLoss:
+        """From an MM config's ``nonfinite_loss`` key: ``'stop'`` / ``'skip'``, or a dict of
+        this class's arguments; absent means 'stop'."""
+        if value is None:
+            return cls()
+        return cls(value) if isinstance(value, str) else cls(**value)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._batch_idx = batch_idx
 

@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from mmengine.config import DictAction
 
+from . import compat
+from .callbacks import NonFiniteLoss, use_safe_checkpoint_io
 from .mm_bridge import MMDataModule, MMModelModule, load_config, trainer_settings
 
 
@@ -101,8 +102,11 @@ def train_main(module_cls: type[MMModelModule], argv: list[str] | None = None):
         **{**settings, **_trainer_kwargs(args)},
         default_root_dir=work_dir,
         logger=[TensorBoardLogger(work_dir, name="tensorboard"), CSVLogger(work_dir, name="csv")],
-        callbacks=[checkpoints],  # the module logs train/lr itself (one group per parameter)
+        # The module logs train/lr itself (one group per parameter). A NaN / inf loss stops the
+        # run, or skips the step with the config's nonfinite_loss='skip'.
+        callbacks=[checkpoints, NonFiniteLoss.from_config(cfg.get("nonfinite_loss"))],
     )
+    use_safe_checkpoint_io(trainer)  # atomic checkpoint files, weights_only=True on resume
     work_dir.mkdir(parents=True, exist_ok=True)
     cfg.dump(str(work_dir / Path(args.config).name))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -123,7 +127,7 @@ def load_weights(module: MMModelModule, checkpoint: str | os.PathLike) -> None:
     """Load a training checkpoint's weights (safe unpickling), with a clear error on mismatch."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = compat.safe_torch_load(checkpoint, map_location="cpu")
     state = ckpt.get("state_dict", ckpt)
     try:
         module.load_state_dict(state, strict=True)
