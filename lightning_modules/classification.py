@@ -34,6 +34,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from heads.classifier import ImageClassifier
 
 from . import compat
+from .callbacks import NonFiniteLoss, check_resumed_checkpoint, use_safe_checkpoint_io
+from .data_checks import BadSampleError, fetch_skipping
 from .distributed import scale_lr, total_batch_size
 
 compat.install()
@@ -133,6 +135,9 @@ class ClassificationModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True,
                  batch_size=1)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumed_checkpoint(self, checkpoint)  # another variant's checkpoint: one message
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups_weight_decay(self.model, hp.weight_decay,
@@ -183,20 +188,25 @@ class ClassificationModule(L.LightningModule):
 # ---- data -----------------------------------------------------------------------------------
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, naming the file when it cannot be decoded."""
+    """Open an image as RGB, naming the file when it is gone or cannot be decoded."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except FileNotFoundError:
+        raise BadSampleError(f"image file not found: {path} (listed when the dataset was built: "
+                             "moved or deleted since?)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path} ({e}): the file is corrupt or not an "
-                         "image; replace or remove it") from None
+        raise BadSampleError(f"cannot read image {path} ({e}): the file is corrupt or not an "
+                             "image; replace or remove it") from None
 
 
 class ImageFolder(Dataset):
     """``root/<class>/<image>``: classes are the sorted sub-folder names (as torchvision's
-    ImageFolder), or those given, so that val uses train's class indices."""
+    ImageFolder), or those given, so that val uses train's class indices. ``skip_bad_samples``:
+    an unreadable image is logged and the next one taken instead of raising."""
 
-    def __init__(self, root: str | os.PathLike, transform, classes: Sequence[str] | None = None):
+    def __init__(self, root: str | os.PathLike, transform, classes: Sequence[str] | None = None,
+                 skip_bad_samples: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root} (expected "
@@ -213,11 +223,15 @@ class ImageFolder(Dataset):
             raise ValueError(f"no images under {self.root}/<class>/ (extensions "
                              f"{', '.join(IMG_EXTENSIONS)})")
         self.transform = transform
+        self.skip_bad_samples = skip_bad_samples
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        return fetch_skipping(i, len(self.samples), self._load, self.skip_bad_samples)
+
+    def _load(self, i: int):
         path, label = self.samples[i]
         return self.transform(load_rgb(path)), label
 
@@ -251,7 +265,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     override. ``scale``: the area range of the random-resized crop (ImageNet's 0.08..1);
     ``no_aug``: training images only resized and centre-cropped (fine-tuning, checks).
     ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
-    ``predict`` reads; it defaults to the val images.
+    ``predict`` reads; it defaults to the val images. ``skip_bad_samples``: an unreadable
+    training image is logged and skipped (val / predict images always raise: skipping them would
+    change the metric or the output).
     """
 
     def __init__(self, data_dir: str = "data/imagenet", model_name: str | None = None,
@@ -262,7 +278,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                  auto_augment: str | None = "rand-m9-mstd0.5-inc1", color_jitter: float = 0.4,
                  re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1,
                  no_aug: bool = False, train_split: str = "train", val_split: str = "val",
-                 predict_dir: str | None = None, pin_memory: bool = True):
+                 predict_dir: str | None = None, pin_memory: bool = True,
+                 skip_bad_samples: bool = False):
         super().__init__()
         self.save_hyperparameters()
         cfg = get_pretrained_cfg(model_name) if model_name else None
@@ -303,7 +320,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         if stage not in self._sets:
             hp, root = self.hparams, Path(self.hparams.data_dir)
             if stage == "train":
-                ds = ImageFolder(root / hp.train_split, self.transform(True), self.classes)
+                ds = ImageFolder(root / hp.train_split, self.transform(True), self.classes,
+                                 skip_bad_samples=hp.skip_bad_samples)
             elif stage == "predict" and hp.predict_dir:
                 ds = ImageFiles(hp.predict_dir, self.transform(False))
             elif stage == "predict":
@@ -374,6 +392,13 @@ class ClassificationCLI(LightningCLI):
                              "checkpoint.filename": "best_top1_epoch{epoch}",
                              "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        # NaN / inf loss: stop naming the step, or --nonfinite_loss.action skip.
+        parser.add_lightning_class_args(NonFiniteLoss, "nonfinite_loss")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_safe_checkpoint_io(trainer)  # atomic checkpoint files, weights_only=True loads
+        return trainer
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> ClassificationCLI:
