@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 __all__ = ["count_flops", "count_params"]
 
@@ -28,6 +28,11 @@ if aten._scaled_dot_product_flash_attention_for_cpu.default not in \
     register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)(
         lambda query, key, value, *args, out_shape=None, **kwargs:
         _sdpa_flops(query, key, value))
+
+
+# The fused InLine op accumulates each head's q @ M into its output slice in place.
+if aten.addmm_ not in flop_registry:
+    register_flop_formula(aten.addmm_, get_raw=True)(flop_registry[aten.addmm])
 
 
 def count_params(model: nn.Module) -> int:

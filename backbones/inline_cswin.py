@@ -38,7 +38,7 @@ from torch import nn
 from . import _helpers
 from .attention import (
     LePEAttention,
-    injective_linear_attention,
+    inline_attention,
     parse_attention_types,
     plain_linear_attention,
     predicted_local_residual,
@@ -140,16 +140,18 @@ class InLineBranch(nn.Module):
         """``mean_source``: (B, N, C) tokens whose mean predicts the local kernels (the official
         code uses the block input before ``norm1``)."""
         b, n, c = q.shape
-        qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
-        if self.injective:
-            out = injective_linear_attention(qh, kh, vh, self.scale)
-        else:
-            out = plain_linear_attention(F.relu(qh), F.relu(kh), vh)
-        out = out.transpose(1, 2).reshape(b, n, c)
-        v_map = _to_map(v, hw)
+        kernels = None
         if self.residual is not None:
             kernels = self.residual(mean_source.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
-            out = out + _to_tokens(predicted_local_residual(v_map, kernels))
+        v_map = _to_map(v, hw)
+        if self.injective:
+            out = inline_attention(q, k, v, self.num_heads, kernels, hw)
+        else:
+            qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
+            out = plain_linear_attention(F.relu(qh), F.relu(kh), vh)
+            out = out.transpose(1, 2).reshape(b, n, c)
+            if kernels is not None:
+                out = out + _to_tokens(predicted_local_residual(v_map, kernels))
         return out + _to_tokens(self.get_v(v_map))
 
 

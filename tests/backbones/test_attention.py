@@ -255,3 +255,36 @@ def test_parse_attention_types():
         A.GlobalAttention(8, 2, mode="cosine")
     with pytest.raises(ValueError, match="unknown kernel"):
         A.GlobalAttention(8, 2, kernel="tanh")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_inline_op_matches_explicit_formula(grad, prefix):
+    """The fused InLine op (in-place per-head path without autograd, out-of-place with it) on
+    strided q/k/v views of one qkv tensor equals explicit weights + the official grouped conv,
+    gradients included."""
+    b, nh, dim, hw = 2, 3, 24, (4, 6)
+    n = hw[0] * hw[1] + prefix
+    qkv0, kernels0 = torch.randn(b, n, 3 * dim), torch.randn(b, dim, 3, 3)
+
+    def run(fused):
+        qkv, kernels = qkv0.clone().requires_grad_(grad), kernels0.clone().requires_grad_(grad)
+        q, k, v = qkv.chunk(3, dim=-1)
+        with torch.set_grad_enabled(grad):
+            if fused:
+                out = A.inline_attention(q, k, v, nh, kernels, hw, prefix)
+            else:
+                qh, kh, vh = (heads(t, nh) for t in (q, k, v))
+                out = merge(inline_weights(qh, kh) @ vh)
+                v_grid = v[:, prefix:].transpose(1, 2).reshape(b, dim, *hw)
+                res = official_residual(v_grid, kernels).flatten(2).transpose(1, 2)
+                out = torch.cat([out[:, :prefix], out[:, prefix:] + res], dim=1)
+            if grad:
+                out.square().sum().backward()
+        return out.detach(), qkv.grad, kernels.grad
+
+    for got, ref in zip(run(True), run(False), strict=True):
+        if ref is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
