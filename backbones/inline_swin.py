@@ -11,6 +11,10 @@ checkpoints load with ``strict=True``:
   stage are shifted by half a window when the map is larger than one window (the official rule);
 - ``L`` blocks: plain (row-sum normalised) linear attention over the whole map, for the ablation.
 
+``global_softmax=True`` makes the ``S`` blocks softmax attention over the whole stage map (no
+windows, shift or relative position bias, like the I blocks): with ``attn_types='SSSS'`` the
+all-softmax global counterpart of InLine-Swin, quadratic in the number of tokens.
+
 Differences from the official code, on purpose: any input size (the image is padded to the patch
 size, odd maps are padded before merging, window blocks pad to the window), InLine blocks see the
 real map at every resolution, and the shift rule is applied to the map actually seen.
@@ -83,14 +87,19 @@ class InLineSwinBlock(nn.Module):
                  shift: bool = False, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  kernel: str = "identity", inline_injective: bool = True,
-                 inline_local: bool = True):
+                 inline_local: bool = True, global_softmax: bool = False):
         super().__init__()
+        if attn_type == "softmax" and global_softmax:
+            attn_type = "global_softmax"
         self.attn_type = attn_type
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.norm1 = nn.LayerNorm(dim)
         if attn_type == "softmax":
             self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias,
+                                        attn_drop=attn_drop, proj_drop=proj_drop)
+        elif attn_type == "global_softmax":
+            self.attn = GlobalAttention(dim, num_heads, mode="softmax", qkv_bias=qkv_bias,
                                         attn_drop=attn_drop, proj_drop=proj_drop)
         elif attn_type == "inline":
             self.attn = GlobalAttention(dim, num_heads, mode="inline", qkv_bias=qkv_bias,
@@ -146,7 +155,8 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
 
     ``attn_types``: one letter per stage (I = InLine global, L = plain linear global, S = Swin
     window softmax), a string per block of a stage, or the official 'IIMS2' spelling.
-    ``window_size`` is the window of the S blocks. ``kernel`` is InLine's phi.
+    ``window_size`` is the window of the S blocks; ``global_softmax=True`` makes them attend over
+    the whole stage map instead. ``kernel`` is InLine's phi.
     Features: stride 4 / 8 / 16 / 32 maps with embed_dim * (1, 2, 4, 8) channels, taken after
     each stage's blocks and before its patch merging.
     """
@@ -159,7 +169,8 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, ape: bool = False,
                  patch_norm: bool = True, kernel: str = "identity",
-                 inline_injective: bool = True, inline_local: bool = True):
+                 inline_injective: bool = True, inline_local: bool = True,
+                 global_softmax: bool = False):
         super().__init__()
         depths, num_heads = tuple(depths), tuple(num_heads)
         if len(depths) != len(num_heads):
@@ -212,7 +223,7 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
                 downsample=i < self.num_layers - 1, window_size=window_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate,
                 attn_drop=attn_drop_rate, kernel=kernel, inline_injective=inline_injective,
-                inline_local=inline_local))
+                inline_local=inline_local, global_softmax=global_softmax))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i,
                                           module=f"layers.{i}"))
         self.norm = nn.LayerNorm(self.num_features)

@@ -215,3 +215,29 @@ def test_api_and_errors():
         small(attn_types="IIMS")
     with pytest.raises(ValueError, match="divisible"):
         small(num_heads=(3, 4, 8, 16))
+
+
+def test_global_softmax_counterpart_sees_whole_map():
+    """global_softmax=True: S blocks are softmax over the whole stage map. A token outside every
+    7 x 7 window of the first token changes its output only then (window blocks cannot see it),
+    and the block equals explicit softmax attention over all tokens."""
+    torch.manual_seed(2)
+    glob = S.InLineSwinBlock(32, 2, attn_type="softmax", global_softmax=True).eval()
+    win = S.InLineSwinBlock(32, 2, attn_type="softmax").eval()
+    assert "relative_position_bias_table" not in dict(glob.named_parameters()).keys()
+    x = torch.randn(1, 14, 14, 32)
+    far = x.clone()
+    far[0, 13, 13] += torch.randn(32)
+    with torch.no_grad():
+        assert not torch.allclose(glob(x)[0, 0, 0], glob(far)[0, 0, 0])
+        torch.testing.assert_close(win(x)[0, 0, 0], win(far)[0, 0, 0])
+        t = glob.norm1(x).reshape(1, 196, 32)
+        q, k, v = (u.view(1, 196, 2, 16).transpose(1, 2) for u in glob.attn.qkv(t).chunk(3, -1))
+        w = torch.softmax(q @ k.transpose(-2, -1) * 16 ** -0.5, dim=-1)
+        ref = glob.attn.proj((w @ v).transpose(1, 2).reshape(1, 196, 32))
+        torch.testing.assert_close(glob._attention(glob.norm1(x)).reshape(1, 196, 32), ref,
+                                   atol=1e-5, rtol=1e-4)
+    m = small(attn_types="SSSS", global_softmax=True).eval()
+    assert not any("relative_position" in k or "residual" in k for k in m.state_dict())
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 61, 90)).shape == (1, 10)
