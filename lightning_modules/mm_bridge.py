@@ -177,17 +177,12 @@ class MMModelModule(L.LightningModule):
                 c, default_args=dict(optimizer=optimizer, epoch_length=epoch_length)))
         return out
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [_StepMMSchedulers()]
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        for sched in self._schedulers:
-            if not sched.by_epoch:
-                sched.step()
         opt = self.optimizers(use_pl_optimizer=False)
         self.log("train/lr", opt.param_groups[0]["lr"], prog_bar=True, batch_size=1)
-
-    def on_train_epoch_end(self) -> None:
-        for sched in self._schedulers:
-            if sched.by_epoch:
-                sched.step()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
@@ -247,6 +242,21 @@ class MMModelModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
+
+
+class _StepMMSchedulers(L.Callback):
+    """Steps the module's MM schedulers after every batch (``by_epoch=False``) and after the
+    last batch of an epoch (``by_epoch=True``), as mmengine's ParamSchedulerHook does. A
+    callback, not module hooks: Lightning runs callbacks' ``on_train_batch_end`` before the
+    module's and ``ModelCheckpoint`` last, and validates (and checkpoints) at the end of an
+    epoch before ``on_train_epoch_end``; stepped there, a checkpoint would hold the schedule one
+    step or epoch behind the weights, and a resumed run would lag by that much."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        end_of_epoch = batch_idx + 1 == trainer.num_training_batches
+        for sched in pl_module._schedulers:
+            if not sched.by_epoch or end_of_epoch:
+                sched.step()
 
 
 class MMDataModule(L.LightningDataModule):
