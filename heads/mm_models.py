@@ -126,7 +126,10 @@ class TimmBackbone(BaseModule):
         if self.out_norm:
             feats = [getattr(self, f"norm{i}")(f) for i, f in zip(self.out_indices, feats,
                                                                    strict=True)]
-        return tuple(feats)
+        # Token-layout maps come out channels-last in memory, and convolutions (FPN) keep that
+        # layout; mmcv's RoIAlign reads its input as dense NCHW whatever the strides, so
+        # channels-last maps gave Mask R-CNN's RoI heads scrambled features.
+        return tuple(f.contiguous() for f in feats)
 
 
 def _family(name: str, family: str, module) -> type:

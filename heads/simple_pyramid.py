@@ -68,4 +68,5 @@ class SimpleFeaturePyramid(nn.Module):
         elif len(feats) != len(self.stages):
             raise ValueError(f"got {len(feats)} maps for {len(self.stages)} pyramid levels: give "
                              "the backbone one out_index (one map) or one per level")
-        return tuple(stage(f) for stage, f in zip(self.stages, feats, strict=True))
+        # Dense NCHW out: LayerNorm2d leaves maps channels-last, which mmcv's RoIAlign misreads.
+        return tuple(stage(f).contiguous() for stage, f in zip(self.stages, feats, strict=True))

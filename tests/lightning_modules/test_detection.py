@@ -132,6 +132,36 @@ def test_frozen_stages_freeze_stem_and_first_stages():
     assert not b.model.layers[0].training and b.model.layers[1].training
 
 
+@pytest.mark.parametrize("family", ["InLinePVT", "InLineSwin", "L2ViT", "InLineDeiT"])
+def test_maps_reach_roi_align_as_dense_nchw(family):
+    """mmcv's RoIAlign reads its input as dense NCHW whatever its strides: channels-last maps
+    (what token layouts and LayerNorm2d give) came out scrambled, and Mask R-CNN's RoI heads
+    could not learn. Every map handed to MM must be contiguous, and RoIAlign on it must equal a
+    bilinear resampling computed here with torch (grid_sample) from the same map."""
+    from mmcv.ops import RoIAlign
+
+    small = (dict(depths=(1, 1, 1, 1)) if family != "InLineDeiT"
+             else dict(depth=2, out_indices=(1,)))
+    backbone = getattr(mm, family)(arch="tiny", **small)
+    feats = backbone(torch.randn(1, 3, 96, 128))
+    if family == "InLineDeiT":
+        feats = mm.SimplePyramidNeck(in_channels=192, out_channels=16)(feats)
+    assert all(f.is_contiguous() for f in feats)
+    f = feats[0]
+    # One RoI sampled at 1 x 1 bin centres = bilinear lookups at known points (aligned=True:
+    # pixel centres at +0.5, hence the -0.5 shift into grid_sample's align_corners=False frame).
+    x0, y0, x1, y1 = 3.0, 2.0, 11.0, 9.0
+    out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=1, aligned=True)(
+        f, torch.tensor([[0.0, x0, y0, x1, y1]]))
+    h, w = f.shape[-2:]
+    xs = torch.tensor([x0 + (x1 - x0) * 0.25, x0 + (x1 - x0) * 0.75]) - 0.5
+    ys = torch.tensor([y0 + (y1 - y0) * 0.25, y0 + (y1 - y0) * 0.75]) - 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([(gx + 0.5) / w * 2 - 1, (gy + 0.5) / h * 2 - 1], -1)[None]
+    ref = torch.nn.functional.grid_sample(f, grid, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_simple_pyramid_neck_for_deit():
     backbone = mm.InLineDeiT(arch="tiny", depth=4, out_indices=(0, 1, 2, 3))
     neck = mm.SimplePyramidNeck(in_channels=192, out_channels=32)
