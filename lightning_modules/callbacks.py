@@ -165,8 +165,8 @@ class NonFiniteLoss(L.Callback):
         self._consecutive += 1
         if self._consecutive > self.max_consecutive_skips:
             raise FloatingPointError(
-                f"{what} {where}, the {self._consecutive}th step in a row: the run has "
-                "diverged. Lower the learning rate or resume from an earlier checkpoint")
+                f"{what} {where}, {self._consecutive} steps in a row: the run has diverged. "
+                "Lower the learning rate or resume from an earlier checkpoint")
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None  # optimizers leave parameters without gradients untouched

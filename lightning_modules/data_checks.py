@@ -138,14 +138,25 @@ def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
     from mmengine.registry import DATASETS
 
     cfg = copy.deepcopy(cfg)
-    cls = DATASETS.get(cfg["type"]) if isinstance(cfg.get("type"), str) else cfg.get("type")
+    cls = cfg.get("type")
+    if isinstance(cls, str):  # as build_from_cfg finds it (imports the scope's modules)
+        with DATASETS.switch_scope_and_registry(cfg.get("_scope_")) as registry:
+            cls = registry.get(cls)
     watch = (isinstance(cls, type) and issubclass(cls, BaseDataset)
              and not cfg.get("lazy_init", False))
     if watch:
         cfg["lazy_init"] = True  # build without loading, then load with the boxes watched
     dataset = DATASETS.build(cfg)
     if watch:
-        bad = _full_init_checking_boxes(dataset)
+        try:
+            bad = _full_init_checking_boxes(dataset)
+        except ValueError as e:  # mmengine serialises the list with np.concatenate
+            if "need at least one array" not in str(e):
+                raise
+            raise ValueError(
+                f"the dataset is empty: no images listed by ann_file="
+                f"{getattr(dataset, 'ann_file', None)!r} or found under data_prefix="
+                f"{getattr(dataset, 'data_prefix', None)!r}; check the paths") from None
         if bad:
             report = _report(bad, str(getattr(dataset, "ann_file", "") or cfg["type"]))
             if not skip_bad_samples:
