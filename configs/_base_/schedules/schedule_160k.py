@@ -2,6 +2,8 @@
 # (total batch 16), weight decay 0.01, linear warm-up over 1500 iterations from 1e-6 x lr, then
 # poly decay (power 1) to 0. No weight decay on norms, biases, position embeddings, class
 # tokens, relative position tables and L2ViT's temperatures, as in the detection schedules.
+_base_ = './adamw_no_decay.py'
+
 max_iters = 160000
 warmup_iters = 1500
 train_cfg = dict(
@@ -33,24 +35,8 @@ param_scheduler = [
         end=max_iters),
 ]
 
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    # `custom_keys` match by substring of the parameter name: 'pos_embed' also covers PVT's
-    # pos_embed1..4 and Swin's absolute_pos_embed.
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.),
-            'cls_token': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            'absolute_pos_embed': dict(decay_mult=0.),
-            'temperature': dict(decay_mult=0.),
-        }),
-)
+optim_wrapper = dict(optimizer=dict(lr=0.00006, weight_decay=0.01))
 
-# `lr` above is for a total batch of 16 (8 GPUs x 2 images); set `enable=True` (or the
-# trainer's equivalent) to scale it linearly to the actual total batch.
+# `lr` above is for a total batch of 16 (8 GPUs x 2 images); the training tools' --auto-scale-lr
+# scales it linearly to the actual total batch.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -3,6 +3,8 @@
 # warm-up. (whai362/PVT's code runs the same number of images as 8 GPUs x 4 for 40k iterations
 # at lr 2e-4.) No weight decay on norms, biases, position embeddings, class tokens, relative
 # position tables and temperatures, as in the detection schedules.
+_base_ = './adamw_no_decay.py'
+
 max_iters = 40000
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
@@ -27,21 +29,7 @@ param_scheduler = [
         end=max_iters),
 ]
 
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.0001),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.),
-            'cls_token': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            'absolute_pos_embed': dict(decay_mult=0.),
-            'temperature': dict(decay_mult=0.),
-        }),
-)
+optim_wrapper = dict(optimizer=dict(lr=0.0001, weight_decay=0.0001))
 
 # `lr` above is for a total batch of 16 (4 GPUs x 4 images).
 auto_scale_lr = dict(enable=False, base_batch_size=16)
