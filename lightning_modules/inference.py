@@ -51,6 +51,22 @@ def infer(config: str | os.PathLike, checkpoint: str | os.PathLike, images: list
     model = module.model.eval()
     if module.default_scope == "mmseg":
         return _segment(model, cfg, images, Path(out_dir))
+    return _detect(model, cfg, images, Path(out_dir), score_thr)
+
+
+def _write_pictures(images: list[str], out_dir: Path, predict, draw) -> list[Path]:
+    """``draw(name, image, predict(path), out_file)`` for each image; the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        image = _read_image(path)
+        out = out_dir / Path(path).name
+        draw(Path(path).stem, image, predict(path), str(out))
+        written.append(out)
+    return written
+
+
+def _detect(model, cfg, images: list[str], out_dir: Path, score_thr: float) -> list[Path]:
     from mmdet.apis import inference_detector
     from mmdet.visualization import DetLocalVisualizer
 
@@ -63,17 +79,11 @@ def infer(config: str | os.PathLike, checkpoint: str | os.PathLike, images: list
     model.dataset_meta = meta
     visualizer = DetLocalVisualizer(name=f"infer_{id(model)}")
     visualizer.dataset_meta = meta
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        image = _read_image(path)
-        result = inference_detector(model, path)
-        out = out_dir / Path(path).name
-        visualizer.add_datasample(Path(path).stem, image, result, draw_gt=False, show=False,
-                                  pred_score_thr=score_thr, out_file=str(out))
-        written.append(out)
-    return written
+    return _write_pictures(
+        images, out_dir, lambda path: inference_detector(model, path),
+        lambda name, image, result, out: visualizer.add_datasample(
+            name, image, result, draw_gt=False, show=False, pred_score_thr=score_thr,
+            out_file=out))
 
 
 def _segment(model, cfg, images: list[str], out_dir: Path) -> list[Path]:
@@ -96,13 +106,7 @@ def _segment(model, cfg, images: list[str], out_dir: Path) -> list[Path]:
     model.dataset_meta = dict(classes=classes, palette=palette)
     visualizer = SegLocalVisualizer(name=f"infer_{id(model)}", alpha=0.5)
     visualizer.set_dataset_meta(classes=classes, palette=palette)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        image = _read_image(path)
-        result = inference_model(model, path)
-        out = out_dir / Path(path).name
-        visualizer.add_datasample(Path(path).stem, image, result, draw_gt=False, show=False,
-                                  with_labels=False, out_file=str(out))
-        written.append(out)
-    return written
+    return _write_pictures(
+        images, out_dir, lambda path: inference_model(model, path),
+        lambda name, image, result, out: visualizer.add_datasample(
+            name, image, result, draw_gt=False, show=False, with_labels=False, out_file=out))
