@@ -3,8 +3,8 @@ checkpoint, loses only the steps after it, and ends at the step count and schedu
 an uninterrupted run (segmentation through the MM bridge, and classification). Checkpoint files
 are written atomically: a process killed while writing one leaves the previous file intact.
 
-The two training crash tests are ``slow`` (20-40 s each here); the fast suite resumes an
-epoch-based run in process (test_reliability.py)."""
+The tests that start processes are ``slow`` (15-40 s each here, imports dominate); the fast
+ones simulate the crashes in process, and test_reliability.py resumes an epoch-based run."""
 
 from __future__ import annotations
 
@@ -229,6 +229,7 @@ io.save_checkpoint({"step": 2, "w": torch.full((1000,), 2.0)}, path)
 """
 
 
+@pytest.mark.slow  # a child process: 5-20 s of imports here; in process: the next test
 def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -243,20 +244,27 @@ def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path)
     assert load(path)["step"] == 3 and not partial_path(path).exists()
 
 
-def test_a_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch):
+def test_a_crash_while_writing_or_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = SafeCheckpointIO()
     io.save_checkpoint({"step": 1}, path)
+    real_save = torch.save
+
+    def half_then_crash(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)
+        raise OSError("simulated crash while writing")
 
     def crash(src, dst):
         raise OSError("simulated crash before the rename")
 
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated"):
-        io.save_checkpoint({"step": 2}, path)
-    monkeypatch.undo()
-    assert load(path)["step"] == 1
-    assert not partial_path(path).exists()  # an exception (unlike a kill) cleans up
+    for name, target, fake in (("while", torch, half_then_crash), ("before", os, crash)):
+        monkeypatch.setattr(target, "save" if target is torch else "replace", fake)
+        with pytest.raises(OSError, match=f"simulated crash {name}"):
+            io.save_checkpoint({"step": 2}, path)
+        monkeypatch.undo()
+        assert load(path)["step"] == 1
+        assert not partial_path(path).exists()  # an exception (unlike a kill) cleans up
 
 
 def test_a_truncated_checkpoint_is_named_on_resume(tmp_path):
