@@ -8,6 +8,10 @@ the ratio of FLOPs (counted on the 'meta' device, so free at any size, quadratic
 included) and of pixels for memory; a job predicted over the time or memory budget is recorded
 as such without running.
 
+``--malloc keep`` starts the workers with a glibc allocator that keeps freed memory (see
+``MALLOC``): with glibc's defaults every tensor over 32 MB is a fresh mapping that the kernel
+zeroes page by page, which at high resolution costs time that grows with the image.
+
 Times: the median of several timed iterations after warm-up, as wall-clock (``latency_ms``) and,
 on CPU, as process CPU time (``cpu_time_ms``), which other jobs on a shared machine disturb much
 less (it does not count the time slices they take). Memory: CUDA ``max_memory_allocated`` on a
@@ -62,6 +66,12 @@ __all__ = [
 MODES = ("infer", "train")
 PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 OPS = ("inline", "linear", "l2vit", "softmax", "window")
+# glibc allocator settings for the worker processes ("system": as inherited). "keep": large
+# blocks come from the heap instead of mmap and freed memory stays in the process, so a tensor
+# allocated again reuses pages instead of fresh ones that the kernel must fault in and zero. On
+# the machine of the README this zeroing was a quarter of the time at 2048 x 2048.
+MALLOC = {"system": "", "keep": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold="
+                                "68719476736"}
 # Status values of a record.
 OK, OOM, TOO_SLOW, ERROR = "ok", "out_of_memory", "too_slow", "error"
 
@@ -280,19 +290,26 @@ def _time_iterations(step: Callable[[], Any], device: torch.device, warmup: int,
         last = time.perf_counter() - t
     left = budget_s - (time.perf_counter() - t0)
     n = max(1, min(runs, int(left / last) if last > 0 else runs))
-    wall, cpu = [], []
+    wall, cpu, sys_t, faults = [], [], [], []
     for _ in range(n):
         sync()
         t, c = time.perf_counter(), time.process_time()
+        r = resource.getrusage(resource.RUSAGE_SELF)
         step()
         sync()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+        r2 = resource.getrusage(resource.RUSAGE_SELF)
+        sys_t.append(r2.ru_stime - r.ru_stime)
+        faults.append(r2.ru_minflt - r.ru_minflt)
     out = dict(runs=n, runs_ms=[round(w * 1e3, 3) for w in wall],
                latency_ms=statistics.median(wall) * 1e3, peak_mem_mb=meter.stop(),
                mem_kind=meter.kind)
     if device.type == "cpu":
-        out["cpu_time_ms"] = statistics.median(cpu) * 1e3
+        # Kernel time and page faults show allocation cost (fresh pages are zeroed by the OS).
+        out.update(cpu_time_ms=statistics.median(cpu) * 1e3,
+                   sys_time_ms=statistics.median(sys_t) * 1e3,
+                   page_faults=int(statistics.median(faults)))
     return out
 
 
@@ -308,6 +325,8 @@ def _model_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
     fmt = torch.channels_last if job.get("channels_last") else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    if job.get("grad_checkpointing"):
+        model.set_grad_checkpointing(True)
     fn = torch.compile(model) if job.get("compile") else model
     if job["mode"] == "infer":
         model.eval()
@@ -382,7 +401,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     rec = {k: v for k, v in job.items() if k not in ("mem_limit_mb",)}
-    rec.update(device=_device_name(device), threads=torch.get_num_threads())
+    rec.update(device=_device_name(device), threads=torch.get_num_threads(),
+               glibc_tunables=os.environ.get("GLIBC_TUNABLES"))
     try:
         if job["kind"] == "machine":
             rec.update(machine_reference(device))
@@ -417,10 +437,13 @@ def _worker_main() -> None:
 # ---- the suite (parent side) --------------------------------------------------------------------
 
 def _run_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    if job.get("malloc", "system") != "system":
+        env["GLIBC_TUNABLES"] = MALLOC[job["malloc"]]
     try:
         proc = subprocess.run([sys.executable, "-m", "backbones.benchmark", "--worker"],
                               input=json.dumps(job), capture_output=True, text=True,
-                              timeout=timeout_s)
+                              timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return dict(job, status=TOO_SLOW, reason=f"killed after the time limit of {timeout_s:.0f}"
                     f" s (budget {job['budget_s']:.0f} s + start-up allowance)")
@@ -448,7 +471,7 @@ def _mem_available_mb() -> float | None:
 def _series(job: dict[str, Any]) -> tuple:
     """Jobs of one series differ only in size: the previous one predicts the next."""
     keys = ("kind", "model", "kwargs", "op", "dim", "heads", "mode", "batch", "precision",
-            "compile", "channels_last")
+            "compile", "channels_last", "grad_checkpointing", "malloc")
     return tuple(json.dumps(job.get(k), sort_keys=True) for k in keys)
 
 
@@ -512,7 +535,8 @@ def run_suite(jobs: Iterable[dict[str, Any]], budget_s: float = 120.0,
 def model_jobs(specs: Sequence[ModelSpec], sizes: Sequence[int], mode: str = "infer",
                batch: int = 1, precision: str = "32", compile: bool = False,
                channels_last: bool = False, device: str = "cpu", warmup: int = 1,
-               runs: int = 3, threads: int | None = None) -> list[dict[str, Any]]:
+               runs: int = 3, threads: int | None = None, grad_checkpointing: bool = False,
+               malloc: str = "system") -> list[dict[str, Any]]:
     """One job per (size, model), sizes ascending and models interleaved within a size, so that
     the models compared at one size are measured close together in time."""
     if mode not in MODES:
@@ -526,6 +550,7 @@ def model_jobs(specs: Sequence[ModelSpec], sizes: Sequence[int], mode: str = "in
             jobs.append(dict(kind="model", model=spec.name, kwargs=spec.kwargs, label=spec.label,
                              size=size, pixels=size * size, mode=mode, batch=batch,
                              precision=precision, compile=compile, channels_last=channels_last,
+                             grad_checkpointing=grad_checkpointing, malloc=malloc,
                              device=device, warmup=warmup, runs=runs, threads=threads,
                              gflops=round(gflops, 6), params_m=round(params, 3)))
     return jobs
@@ -533,19 +558,21 @@ def model_jobs(specs: Sequence[ModelSpec], sizes: Sequence[int], mode: str = "in
 
 def op_jobs(ops: Sequence[str], tokens: Sequence[int], dim: int = 96, heads: int = 3,
             batch: int = 1, precision: str = "32", device: str = "cpu", warmup: int = 1,
-            runs: int = 5, threads: int | None = None) -> list[dict[str, Any]]:
+            runs: int = 5, threads: int | None = None, malloc: str = "system"
+            ) -> list[dict[str, Any]]:
     """Attention-op jobs (machine reference first), token counts ascending, ops interleaved."""
     for op in ops:
         if op not in OPS:
             raise ValueError(f"unknown attention op {op!r}; use one of {OPS}")
     if dim % heads:
         raise ValueError(f"--dim {dim} is not divisible by --heads {heads}")
-    jobs = [dict(kind="machine", device=device, threads=threads)]
+    jobs = [dict(kind="machine", device=device, threads=threads, malloc=malloc)]
     for n in sorted(tokens):
         for op in ops:
             jobs.append(dict(kind="op", op=op, label=op, tokens=n, pixels=n, grid=list(_grid(n)),
                              dim=dim, heads=heads, batch=batch, precision=precision,
                              device=device, warmup=warmup, runs=runs, threads=threads,
+                             malloc=malloc,
                              gflops=op_gflops(op, n, dim, heads, batch),
                              io_bytes=4 * n * dim * batch * 4))  # fp32 q, k, v in, output out
     return jobs
@@ -720,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=tuple(PRECISIONS), default="32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--grad-checkpointing", action="store_true",
+                    help="train: recompute blocks in backward (timm's set_grad_checkpointing)")
+    ap.add_argument("--malloc", choices=tuple(MALLOC), default="system",
+                    help="glibc allocator of the jobs: system (inherited) or keep (freed memory "
+                         "is reused, not returned to the OS; see MALLOC in the module)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads in each job (default: torch's default)")
@@ -768,6 +800,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
     if any(s < 32 for s in args.sizes):
         ap.error(f"--sizes must be >= 32 pixels, got {args.sizes}")
+    if args.malloc != "system" and args.no_isolate:
+        ap.error("--malloc applies at process start: it needs isolated jobs (drop --no-isolate)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible; use --device cpu")
 
@@ -801,12 +835,13 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     meta = run_meta(argv)
     if args.op is not None:
         jobs = op_jobs(args.op or OPS, args.tokens, args.dim, args.heads, args.batch,
-                       args.precision, args.device, args.warmup, args.runs, args.threads)
+                       args.precision, args.device, args.warmup, args.runs, args.threads,
+                       args.malloc)
     else:
         specs = [parse_model_spec(m) for m in args.models]
         jobs = model_jobs(specs, args.sizes, args.mode, args.batch, args.precision,
                           args.compile, args.channels_last, args.device, args.warmup, args.runs,
-                          args.threads)
+                          args.threads, args.grad_checkpointing, args.malloc)
     records = run_suite(jobs, args.budget, args.mem_budget, isolate=not args.no_isolate,
                         log=lambda line: print(line, flush=True))
     add_op_rooflines(records)

@@ -18,6 +18,7 @@ MODELS = [f"inline_swin_tiny:embed_dim=16,depths={TINY},num_heads={TINY}",
 MODEL_FIELDS = {"model", "kwargs", "label", "size", "pixels", "mode", "batch", "precision",
                 "status", "images_per_s", "images_per_s_cpu", "latency_ms", "cpu_time_ms",
                 "runs", "runs_ms", "peak_mem_mb", "mem_kind", "gflops", "params_m", "device",
+                "sys_time_ms", "page_faults",
                 "threads"}
 
 
@@ -62,10 +63,12 @@ def test_isolated_train_job_and_budgets(tmp_path):
     """Through the worker subprocess (train mode, bf16 autocast); then the guards: a job over
     the time limit is killed, predicted-too-slow and predicted-out-of-memory jobs do not run."""
     spec = B.parse_model_spec(MODELS[0])
-    jobs = B.model_jobs([spec], [64], mode="train", precision="bf16-mixed", runs=1)
+    jobs = B.model_jobs([spec], [64], mode="train", precision="bf16-mixed", runs=1,
+                        grad_checkpointing=True, malloc="keep")
     (rec,) = B.run_suite(jobs, budget_s=60)
     assert rec["status"] == "ok", rec.get("reason")
     assert rec["mode"] == "train" and rec["peak_mem_mb"] > 0 and rec["latency_ms"] > 0
+    assert rec["glibc_tunables"] == B.MALLOC["keep"] and rec["page_faults"] >= 0
 
     (killed,) = B.run_suite(jobs, budget_s=0.01, startup_s=0.2)
     assert killed["status"] == "too_slow" and "killed after" in killed["reason"]
@@ -137,7 +140,9 @@ def test_bad_arguments_name_the_fix(capsys):
     for argv, msg in ((["--sizes", "64"], "give --models"),
                       (["--models", "inline_swin_tiny", "--op"], "separate call"),
                       (["--mode", "det-step"], "needs --config"),
-                      (["--models", "inline_swin_tiny", "--batch", "0"], "--batch")):
+                      (["--models", "inline_swin_tiny", "--batch", "0"], "--batch"),
+                      (["--models", "inline_swin_tiny", "--malloc", "keep", "--no-isolate"],
+                       "isolated")):
         with pytest.raises(SystemExit):
             run_tool(*argv)
         assert msg in capsys.readouterr().err
