@@ -344,6 +344,17 @@ def test_classification_bad_images_name_the_file_or_are_skipped(data, caplog):
         list(skipping.val_dataloader())
 
 
+def test_classification_empty_image_list_is_named(tmp_path):
+    from lightning_modules.classification import ImageFolderDataModule
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    dm = ImageFolderDataModule(str(tmp_path), num_workers=0)
+    with pytest.raises(ValueError, match=rf"no images under {tmp_path / 'train'}/<class>/"):
+        dm.dataset("train")
+
+
 def test_a_worker_process_passes_the_named_error_on(data):
     from lightning_modules.classification import ImageFolderDataModule
 
