@@ -675,6 +675,19 @@ def scaling_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot_title(records: Sequence[dict[str, Any]]) -> str:
+    """What the plotted records were measured with, in one line."""
+    r = next((r for r in records if r["kind"] in ("model", "op")), None)
+    if r is None:
+        return ""
+    what = "attention ops" if r["kind"] == "op" else f"{r['mode']}, batch {r['batch']}"
+    extra = [f"{r.get('threads')} thread(s)", f"precision {r['precision']}",
+             f"malloc {r.get('malloc', 'system')}"]
+    extra += [k.replace("_", " ") for k in ("compile", "channels_last", "grad_checkpointing")
+              if r.get(k)]
+    return ", ".join([what, r.get("device", ""), *extra])
+
+
 def plot_records(records: Sequence[dict[str, Any]], path: str | os.PathLike,
                  title: str = "") -> None:
     """Log-log plots of time per image (or call) and peak memory against pixels (tokens), one line
@@ -705,7 +718,8 @@ def plot_records(records: Sequence[dict[str, Any]], path: str | os.PathLike,
             ax.plot(*zip(*pts, strict=True), marker="o", label=label)
         x0, y0 = min((pts[0] for pts in series.values()), key=lambda p: p[1])
         xs = sorted({p for pts in series.values() for p, _ in pts})
-        ax.plot(xs, [y0 * x / x0 for x in xs], "k--", lw=1, label="linear in pixels")
+        ax.plot(xs, [y0 * x / x0 for x in xs], "k--", lw=1,
+                label=f"linear in {'N' if is_op else 'pixels'}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens N" if is_op else "pixels per image")
@@ -776,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="det-step: Runner, Lightning, Runner, ... this many times each")
     ap.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                     help="det-step: config overrides")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="measure nothing: print the tables of FILE's records (and --plot them)")
     ap.add_argument("--out", help="JSON file for the records")
     ap.add_argument("--plot", help="PNG file for the log-log plot")
     return ap
@@ -783,6 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument errors that argparse cannot see, each naming the fix."""
+    if args.from_json:
+        return
     if args.mode == "det-step":
         if not args.config:
             ap.error("--mode det-step needs --config (an MM detection config)")
@@ -832,6 +850,14 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         ap = build_parser()
         args = ap.parse_args(argv)
         check_args(ap, args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+        records = data["records"]
+        print(format_table(records) + "\n\n" + scaling_table(records))
+        if args.plot:
+            plot_records(records, args.plot, title=plot_title(records))
+        return records
     meta = run_meta(argv)
     if args.op is not None:
         jobs = op_jobs(args.op or OPS, args.tokens, args.dim, args.heads, args.batch,
@@ -853,9 +879,7 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         write_results(args.out, meta, records)
         print(f"\nrecords: {args.out}")
     if args.plot:
-        what = "attention ops" if args.op is not None else f"{args.mode}, batch {args.batch}"
-        plot_records(records, args.plot, title=f"{what}, {records[-1].get('device', '')}, "
-                                               f"precision {args.precision}")
+        plot_records(records, args.plot, title=plot_title(records))
         print(f"plot: {args.plot}")
     return records
 
