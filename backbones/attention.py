@@ -170,8 +170,9 @@ def inline_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
         else:
             grid = v[:, p:].float().view(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
             weight = kernels.float().reshape(b, c, 1, 3, 3)
-            res = torch.cat([F.conv2d(grid[i:i + 1], weight[i], v_mean[i, 0], padding=1,
-                                      groups=c) for i in range(b)])
+            res = [F.conv2d(grid[i:i + 1], weight[i], v_mean[i, 0], padding=1, groups=c)
+                   for i in range(b)]
+            res = res[0] if b == 1 else torch.cat(res)  # no copy for one sample
             base = res.permute(0, 2, 3, 1).reshape(b, n - p, c)   # a view for channels-last
             if p:
                 base = torch.cat([v_mean.expand(b, p, c), base], dim=1)
