@@ -48,6 +48,7 @@ from . import flops as _flops  # noqa: F401  (registers the extra FLOP formulas)
 
 __all__ = [
     "MODES",
+    "EXTRA_OPS",
     "OPS",
     "PRECISIONS",
     "ModelSpec",
@@ -66,6 +67,9 @@ __all__ = [
 MODES = ("infer", "train")
 PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 OPS = ("inline", "linear", "l2vit", "softmax", "window")
+# Not timed by default: the InLine op as the models computed it before it was fused (separate
+# passes for the state, output, head merge and a 3x3 residual of nine shifted multiply-adds).
+EXTRA_OPS = ("inline_unfused",)
 # glibc allocator settings for the worker processes ("system": as inherited). "keep": large
 # blocks come from the heap instead of mmap and freed memory stays in the process, so a tensor
 # allocated again reuses pages instead of fresh ones that the kernel must fault in and zero. On
@@ -198,7 +202,16 @@ def make_op(op: str, heads: int, hw: tuple[int, int], batch: int, dim: int, devi
             return A._window_reverse(out, window, window, b, hp, wp)[:, :hw[0], :hw[1]].reshape(
                 b, hw[0] * hw[1], dim)
         return run
-    raise ValueError(f"unknown attention op {op!r}; use one of {OPS}")
+    if op == "inline_unfused":
+        kernels = torch.randn(batch, dim, 3, 3, device=device) * 0.1
+
+        def run(qkv):
+            q, k, v = split(qkv)
+            out = _merge(A.injective_linear_attention(q, k, v, d ** -0.5))
+            grid = _merge(v).transpose(1, 2).reshape(batch, dim, *hw)
+            return out + A.predicted_local_residual(grid, kernels).flatten(2).transpose(1, 2)
+        return run
+    raise ValueError(f"unknown attention op {op!r}; use one of {OPS + EXTRA_OPS}")
 
 
 def _grid(tokens: int) -> tuple[int, int]:
@@ -271,8 +284,24 @@ def _is_oom(e: BaseException) -> bool:
         "can't allocate memory" in text or "cannot allocate memory" in text
 
 
+def _profile(step: Callable[[], Any], device: torch.device, top: int = 15
+             ) -> list[dict[str, Any]]:
+    """One more iteration under torch.profiler: the operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [dict(op=e.key, calls=e.count, self_ms=round(getattr(e, key) / 1e3, 3))
+            for e in rows]
+
+
 def _time_iterations(step: Callable[[], Any], device: torch.device, warmup: int, runs: int,
-                     budget_s: float) -> dict[str, Any]:
+                     budget_s: float, profile: bool = False) -> dict[str, Any]:
     """Warm-up iterations, then up to ``runs`` timed ones (fewer if the budget left cannot pay
     for them; at least one). Memory is measured over all of them."""
     def sync():
@@ -310,6 +339,8 @@ def _time_iterations(step: Callable[[], Any], device: torch.device, warmup: int,
         out.update(cpu_time_ms=statistics.median(cpu) * 1e3,
                    sys_time_ms=statistics.median(sys_t) * 1e3,
                    page_faults=int(statistics.median(faults)))
+    if profile:
+        out["profile"] = _profile(step, device)
     return out
 
 
@@ -348,7 +379,8 @@ def _model_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-    return _time_iterations(step, device, job["warmup"], job["runs"], job["budget_s"])
+    return _time_iterations(step, device, job["warmup"], job["runs"], job["budget_s"],
+                            job.get("profile", False))
 
 
 def _op_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -359,7 +391,8 @@ def _op_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
     def step():
         with torch.inference_mode(), _autocast(device, job["precision"]):
             fn(qkv)
-    return _time_iterations(step, device, job["warmup"], job["runs"], job["budget_s"])
+    return _time_iterations(step, device, job["warmup"], job["runs"], job["budget_s"],
+                            job.get("profile", False))
 
 
 def machine_reference(device: torch.device, mb: int = 256) -> dict[str, Any]:
@@ -562,8 +595,8 @@ def op_jobs(ops: Sequence[str], tokens: Sequence[int], dim: int = 96, heads: int
             ) -> list[dict[str, Any]]:
     """Attention-op jobs (machine reference first), token counts ascending, ops interleaved."""
     for op in ops:
-        if op not in OPS:
-            raise ValueError(f"unknown attention op {op!r}; use one of {OPS}")
+        if op not in OPS + EXTRA_OPS:
+            raise ValueError(f"unknown attention op {op!r}; use one of {OPS + EXTRA_OPS}")
     if dim % heads:
         raise ValueError(f"--dim {dim} is not divisible by --heads {heads}")
     jobs = [dict(kind="machine", device=device, threads=threads, malloc=malloc)]
@@ -778,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="memory one job may use (CPU default: 70%% of MemAvailable)")
     ap.add_argument("--no-isolate", action="store_true",
                     help="run jobs in this process (no subprocess, no hard time limit)")
-    ap.add_argument("--op", nargs="*", choices=OPS, default=None,
+    ap.add_argument("--op", nargs="*", choices=OPS + EXTRA_OPS, default=None,
                     help="attention-only mode: time these ops (default: all) against --tokens")
     ap.add_argument("--tokens", nargs="+", type=int, default=[1024, 4096, 16384, 65536])
     ap.add_argument("--dim", type=int, default=96, help="op width (Swin-T stage 1: 96)")
@@ -790,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="det-step: Runner, Lightning, Runner, ... this many times each")
     ap.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                     help="det-step: config overrides")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one more iteration of each job (torch.profiler); the "
+                         "operators with the most self time go into the record and are printed")
     ap.add_argument("--from-json", metavar="FILE",
                     help="measure nothing: print the tables of FILE's records (and --plot them)")
     ap.add_argument("--out", help="JSON file for the records")
@@ -826,8 +862,14 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def run_meta(argv: Sequence[str] | None) -> dict[str, Any]:
     """What the records were measured with (stored beside them)."""
+    try:  # which code was measured
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
     return dict(command=" ".join(["tools/benchmark.py", *(argv if argv is not None
                                                           else sys.argv[1:])]),
+                git=commit,
                 started=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__,
                 timm=timm.__version__, python=sys.version.split()[0], cpus=os.cpu_count(),
                 load_average=[round(x, 2) for x in os.getloadavg()],
@@ -868,6 +910,8 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         jobs = model_jobs(specs, args.sizes, args.mode, args.batch, args.precision,
                           args.compile, args.channels_last, args.device, args.warmup, args.runs,
                           args.threads, args.grad_checkpointing, args.malloc)
+    if args.profile:
+        jobs = [dict(j, profile=True) if j["kind"] != "machine" else j for j in jobs]
     records = run_suite(jobs, args.budget, args.mem_budget, isolate=not args.no_isolate,
                         log=lambda line: print(line, flush=True))
     add_op_rooflines(records)
@@ -875,6 +919,11 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     print(format_table(records))
     print()
     print(scaling_table(records))
+    for r in records:
+        if r.get("profile"):
+            print(f"\nprofile of {r['label']} @ {r.get('size') or r.get('tokens')}: "
+                  + ", ".join(f"{p['op']} {p['self_ms']:.2f} ms ({p['calls']}x)"
+                              for p in r["profile"]))
     if args.out:
         write_results(args.out, meta, records)
         print(f"\nrecords: {args.out}")

@@ -57,6 +57,10 @@ def test_tool_two_tiny_models_two_sizes(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "| inline_swin_tiny:embed_dim=16" in printed and "time ratio / pixel ratio" in printed
+    # Tables and plots again from the saved records, measuring nothing.
+    run_tool("--from-json", str(out), "--plot", str(tmp_path / "again.png"))
+    assert capsys.readouterr().out.strip().startswith("| model | size |")
+    assert (tmp_path / "again.png").stat().st_size > 10_000
 
 
 def test_isolated_train_job_and_budgets(tmp_path):
@@ -128,6 +132,12 @@ def test_ops_compute_attention(op):
         torch.testing.assert_close(out, B._merge(ref), atol=1e-5, rtol=1e-4)
     elif op == "linear":
         torch.testing.assert_close(out, B._merge(A.plain_linear_attention(q.relu(), k.relu(), v)))
+    elif op == "inline":  # the fused op equals the unfused form (same random 3x3 kernels)
+        torch.manual_seed(1)
+        fused = B.make_op(op, h, hw, b, c, torch.device("cpu"))(qkv)
+        torch.manual_seed(1)
+        unfused = B.make_op("inline_unfused", h, hw, b, c, torch.device("cpu"))(qkv)
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_arguments_name_the_fix(capsys):
