@@ -18,22 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config, ConfigDict
-
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
-
-
-def _scope(path: Path) -> str | None:
-    try:
-        return Config.fromfile(str(path), import_custom_modules=False).get("default_scope")
-    except Exception:  # an unreadable config stays in the list, so that a test reports it
-        return "mmdet"
-
+from config_common import (
+    FAMILY_DIR,
+    FAMILY_TYPE,
+    OUR_BACKBONES,
+    SIZE_ARCH,
+    config_ids,
+    read_config,
+    shipped_configs,
+)
+from mmengine.config import ConfigDict
 
 # Every mmdet config outside _base_ (the COCO recipes and any other, e.g. the demo) ...
-DET_CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.py")
-                     if "_base_" not in p.parts and _scope(p) == "mmdet")
-IDS = [str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in DET_CONFIGS]
+DET_CONFIGS = shipped_configs("mmdet")
+IDS = config_ids(DET_CONFIGS)
 # ... and the COCO recipes among them, named as mmdet names its configs:
 # {detector}_{backbone}-{size}_{neck}_{schedule}_{dataset}.
 NAME_RE = re.compile(
@@ -41,13 +39,6 @@ NAME_RE = re.compile(
     r"|l2vit)-(?P<size>[tsmlb])_fpn_(?P<sched>1x|ms-3x)_coco$")
 RECIPES = [p for p in DET_CONFIGS if NAME_RE.match(p.stem)]
 RECIPE_IDS = [p.stem for p in RECIPES]
-
-OUR_BACKBONES = {"InLineDeiT", "InLinePVT", "InLineSwin", "InLineCSwin", "L2ViT"}
-FAMILY_TYPE = {"inline-swin": "InLineSwin", "inline-pvt": "InLinePVT",
-               "inline-cswin": "InLineCSwin", "inline-deit": "InLineDeiT", "l2vit": "L2ViT"}
-FAMILY_DIR = {"inline-swin": "inline_swin", "inline-pvt": "inline_pvt",
-              "inline-cswin": "inline_cswin", "inline-deit": "inline_deit", "l2vit": "l2vit"}
-SIZE_ARCH = {"t": "tiny", "s": "small", "m": "medium", "l": "large", "b": "base"}
 
 # The configs this project ships (a file lost or renamed fails here, not silently).
 EXPECTED = (
@@ -65,11 +56,6 @@ REPRESENTATIVES = {
     "mask-rcnn_inline-cswin-t_fpn_1x_coco": dict(depths=(1, 1, 1, 1)),
     "mask-rcnn_l2vit-t_fpn_ms-3x_coco": dict(depths=(1, 1, 2, 1)),  # stage 3: LWA + LGA
 }
-
-
-def _read(path: Path) -> Config:
-    """The config as written, without importing its ``custom_imports`` (no mmdet needed)."""
-    return Config.fromfile(str(path), import_custom_modules=False)
 
 
 def _strings(obj):
@@ -110,7 +96,7 @@ def _mm() -> None:
 
 def _model_cfg(path: Path, **backbone_overrides) -> ConfigDict:
     """``cfg.model`` ready to build here: no checkpoint, BN instead of SyncBN."""
-    model = copy.deepcopy(_read(path).model)
+    model = copy.deepcopy(read_config(path).model)
     model.backbone.init_cfg = None
     model.backbone.update(backbone_overrides)
     return _sync_bn_to_bn(model)
@@ -166,7 +152,7 @@ def test_expected_recipes_present():
 
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=IDS)
 def test_config_loads_with_our_backbone(path: Path):
-    cfg = _read(path)
+    cfg = read_config(path)
     assert "heads.mm_models" in cfg.custom_imports["imports"]
     assert cfg.model.backbone.type in OUR_BACKBONES
     urls = [s for s in _strings(cfg.to_dict()) if "://" in s]
@@ -177,7 +163,7 @@ def test_config_loads_with_our_backbone(path: Path):
 def test_recipe_says_what_its_name_says(path: Path):
     m = NAME_RE.match(path.stem)
     assert path.parent.name == FAMILY_DIR[m["family"]]
-    cfg = _read(path)
+    cfg = read_config(path)
     model, bb = cfg.model, cfg.model.backbone
 
     assert cfg.default_scope == "mmdet"
@@ -260,7 +246,7 @@ def _backbone_outputs(backbone_cfg: dict, hw: tuple[int, int]) -> list[tuple[int
 
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=IDS)
 def test_neck_takes_the_backbones_real_outputs(path: Path):
-    cfg = _read(path)
+    cfg = read_config(path)
     bb, neck = cfg.model.backbone, cfg.model.neck
     hw = (64, 96)
     shapes = _backbone_outputs(bb.to_dict(), hw)
@@ -289,7 +275,7 @@ def test_train_pipeline_runs(name: str):
     from mmdet.structures.bbox import HorizontalBoxes
     from mmdet.structures.mask import BitmapMasks
 
-    cfg = _read(next(p for p in RECIPES if p.stem == name))
+    cfg = read_config(next(p for p in RECIPES if p.stem == name))
     steps = cfg.train_dataloader.dataset.pipeline
     assert [t.type for t in steps[:2]] == ["LoadImageFromFile", "LoadAnnotations"]
     with_mask = steps[1].get("with_mask", False)
@@ -338,7 +324,7 @@ def test_representative_detector_builds_runs_and_trains(name: str):
 
     from mmengine.optim import build_optim_wrapper
 
-    cfg = _read(path)
+    cfg = read_config(path)
     optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper)).optimizer
     ids = {id(p): n for n, p in model.named_parameters()}
     decay = {ids[id(p)]: g["weight_decay"] for g in optim.param_groups for p in g["params"]}

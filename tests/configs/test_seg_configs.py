@@ -19,27 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
-
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
-
-
-def _read(path: Path) -> Config:
-    """The config as written, without importing its ``custom_imports`` (no mmseg needed)."""
-    return Config.fromfile(str(path), import_custom_modules=False)
-
-
-def _scope(path: Path) -> str | None:
-    try:
-        return _read(path).get("default_scope")
-    except Exception:  # an unreadable config stays in the list, so that a test reports it
-        return "mmseg"
-
+from config_common import (
+    CONFIG_ROOT,
+    FAMILY_DIR,
+    FAMILY_TYPE,
+    OUR_BACKBONES,
+    SIZE_ARCH,
+    config_ids,
+    read_config,
+    shipped_configs,
+)
 
 # Every mmseg config outside _base_ (the ADE20K recipes and the demo) ...
-SEG_CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.py")
-                     if "_base_" not in p.parts and _scope(p) == "mmseg")
-IDS = [str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in SEG_CONFIGS]
+SEG_CONFIGS = shipped_configs("mmseg")
+IDS = config_ids(SEG_CONFIGS)
 # ... and the ADE20K recipes among them, named as mmseg names its configs:
 # {segmentor}_{backbone}-{size}_{gpus}xb{batch per gpu}-{iterations}_{dataset}-{crop}.
 NAME_RE = re.compile(
@@ -48,12 +41,6 @@ NAME_RE = re.compile(
 RECIPES = [p for p in SEG_CONFIGS if NAME_RE.match(p.stem)]
 RECIPE_IDS = [p.stem for p in RECIPES]
 
-OUR_BACKBONES = {"InLineDeiT", "InLinePVT", "InLineSwin", "InLineCSwin", "L2ViT"}
-FAMILY_TYPE = {"inline-swin": "InLineSwin", "inline-pvt": "InLinePVT",
-               "inline-cswin": "InLineCSwin", "l2vit": "L2ViT"}
-FAMILY_DIR = {"inline-swin": "inline_swin", "inline-pvt": "inline_pvt",
-              "inline-cswin": "inline_cswin", "l2vit": "l2vit"}
-SIZE_ARCH = {"t": "tiny", "s": "small", "m": "medium", "l": "large", "b": "base"}
 # Segmentation drop-path rates of the sister repos (InLine ships no segmentation code):
 # Swin UperNet 0.3 (T/S/B), CSwin UperNet T 0.3 / S 0.4, L2ViT UperNet 0.3, PVT Semantic FPN 0.1.
 DROP_PATH = {("inline-swin", s): 0.3 for s in "tsb"} | {
@@ -120,7 +107,7 @@ def _build_segmentor(path: Path, pad_to: tuple[int, int], **backbone_overrides):
     _mm()
     from mmseg.registry import MODELS
 
-    model_cfg = copy.deepcopy(_read(path).model)
+    model_cfg = copy.deepcopy(read_config(path).model)
     model_cfg.data_preprocessor.size = pad_to
     model_cfg.backbone.init_cfg = None
     model_cfg.backbone.update(backbone_overrides)
@@ -158,7 +145,7 @@ def test_expected_recipes_present():
 
 @pytest.mark.parametrize("path", SEG_CONFIGS, ids=IDS)
 def test_config_loads_with_our_backbone(path: Path):
-    cfg = _read(path)
+    cfg = read_config(path)
     assert cfg.default_scope == "mmseg"
     assert "heads.mm_models" in cfg.custom_imports["imports"]
     assert cfg.model.type == "EncoderDecoder"
@@ -182,7 +169,7 @@ def test_config_loads_with_our_backbone(path: Path):
 def test_recipe_says_what_its_name_says(path: Path):
     m = NAME_RE.match(path.stem)
     assert path.parent.name == FAMILY_DIR[m["family"]]
-    cfg = _read(path)
+    cfg = read_config(path)
     model, bb = cfg.model, cfg.model.backbone
 
     assert bb.type == FAMILY_TYPE[m["family"]] and bb.arch == SIZE_ARCH[m["size"]]
@@ -281,7 +268,7 @@ def _backbone_outputs(backbone_cfg: dict, hw: tuple[int, int]) -> list[tuple[int
 
 @pytest.mark.parametrize("path", SEG_CONFIGS, ids=IDS)
 def test_heads_take_the_backbones_real_outputs(path: Path):
-    cfg = _read(path)
+    cfg = read_config(path)
     model = cfg.model
     hw = (64, 96)
     shapes = _backbone_outputs(model.backbone.to_dict(), hw)
@@ -312,7 +299,7 @@ def test_ade20k_pipelines_run():
     _mm()
     from mmcv.transforms import Compose
 
-    cfg = _read(CONFIG_ROOT / "_base_/datasets/ade20k.py")
+    cfg = read_config(CONFIG_ROOT / "_base_/datasets/ade20k.py")
     train = cfg.train_pipeline
     assert [t.type for t in train[:2]] == ["LoadImageFromFile", "LoadAnnotations"]
     pipeline = Compose(copy.deepcopy(train[2:]))
@@ -358,7 +345,7 @@ def test_representative_segmentor_builds_runs_and_trains(name: str):
 
     model.train()  # two images: BatchNorm after UperNet's 1 x 1 pooling needs more than one
     losses = model(**_batch(model, training=True, hw=hw, n=2), mode="loss")
-    assert ("aux.loss_ce" in losses) == ("auxiliary_head" in _read(path).model)
+    assert ("aux.loss_ce" in losses) == ("auxiliary_head" in read_config(path).model)
     loss, _ = model.parse_losses(losses)
     assert torch.isfinite(loss)
     loss.backward()
@@ -367,7 +354,7 @@ def test_representative_segmentor_builds_runs_and_trains(name: str):
 
     from mmengine.optim import build_optim_wrapper
 
-    cfg = _read(path)
+    cfg = read_config(path)
     optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper)).optimizer
     ids = {id(p): n for n, p in model.named_parameters()}
     decay = {ids[id(p)]: g["weight_decay"] for g in optim.param_groups for p in g["params"]}

@@ -1,0 +1,38 @@
+"""What the detection and segmentation config tests share: reading configs as written, the
+shipped configs of a toolbox scope, and the names that map config file names to backbones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmengine.config import Config
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+OUR_BACKBONES = {"InLineDeiT", "InLinePVT", "InLineSwin", "InLineCSwin", "L2ViT"}
+FAMILY_TYPE = {"inline-swin": "InLineSwin", "inline-pvt": "InLinePVT",
+               "inline-cswin": "InLineCSwin", "inline-deit": "InLineDeiT", "l2vit": "L2ViT"}
+FAMILY_DIR = {"inline-swin": "inline_swin", "inline-pvt": "inline_pvt",
+              "inline-cswin": "inline_cswin", "inline-deit": "inline_deit", "l2vit": "l2vit"}
+SIZE_ARCH = {"t": "tiny", "s": "small", "m": "medium", "l": "large", "b": "base"}
+
+
+def read_config(path: Path) -> Config:
+    """The config as written, without importing its ``custom_imports`` (no toolbox needed)."""
+    return Config.fromfile(str(path), import_custom_modules=False)
+
+
+def shipped_configs(scope: str) -> list[Path]:
+    """Every config outside ``_base_`` whose ``default_scope`` is ``scope``; an unreadable one is
+    kept in every list, so that a test reports it."""
+    def scope_of(path: Path) -> str | None:
+        try:
+            return read_config(path).get("default_scope")
+        except Exception:
+            return scope
+    return sorted(p for p in CONFIG_ROOT.rglob("*.py")
+                  if "_base_" not in p.parts and scope_of(p) == scope)
+
+
+def config_ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in paths]
