@@ -386,6 +386,8 @@ def _model_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def _op_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
     tokens, dim, heads, batch = job["tokens"], job["dim"], job["heads"], job["batch"]
     fn = make_op(job["op"], heads, _grid(tokens), batch, dim, device)
+    if job.get("compile"):
+        fn = torch.compile(fn)
     qkv = torch.randn(batch, tokens, 3 * dim, device=device)
 
     def step():
@@ -591,8 +593,8 @@ def model_jobs(specs: Sequence[ModelSpec], sizes: Sequence[int], mode: str = "in
 
 def op_jobs(ops: Sequence[str], tokens: Sequence[int], dim: int = 96, heads: int = 3,
             batch: int = 1, precision: str = "32", device: str = "cpu", warmup: int = 1,
-            runs: int = 5, threads: int | None = None, malloc: str = "system"
-            ) -> list[dict[str, Any]]:
+            runs: int = 5, threads: int | None = None, malloc: str = "system",
+            compile: bool = False) -> list[dict[str, Any]]:
     """Attention-op jobs (machine reference first), token counts ascending, ops interleaved."""
     for op in ops:
         if op not in OPS + EXTRA_OPS:
@@ -602,7 +604,8 @@ def op_jobs(ops: Sequence[str], tokens: Sequence[int], dim: int = 96, heads: int
     jobs = [dict(kind="machine", device=device, threads=threads, malloc=malloc)]
     for n in sorted(tokens):
         for op in ops:
-            jobs.append(dict(kind="op", op=op, label=op, tokens=n, pixels=n, grid=list(_grid(n)),
+            jobs.append(dict(kind="op", op=op, label=op + (" compiled" if compile else ""),
+                             compile=compile, tokens=n, pixels=n, grid=list(_grid(n)),
                              dim=dim, heads=heads, batch=batch, precision=precision,
                              device=device, warmup=warmup, runs=runs, threads=threads,
                              malloc=malloc,
@@ -677,10 +680,10 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             if r["status"] == OK:
                 xb = f"{r['x_bandwidth']:.1f}" if "x_bandwidth" in r else ""
                 xc = f"{r['x_compute']:.1f}" if "x_compute" in r else ""
-                lines.append(f"| {r['op']} | {r['tokens']} | {r[key]:.2f} | {xb} | {xc} | "
+                lines.append(f"| {r['label']} | {r['tokens']} | {r[key]:.2f} | {xb} | {xc} | "
                              f"{r['gflops']:.3f} |")
             else:
-                lines.append(f"| {r['op']} | {r['tokens']} | {r['status']}: {r.get('reason')} | "
+                lines.append(f"| {r['label']} | {r['tokens']} | {r['status']}: {r.get('reason')} | "
                              f"| | {r['gflops']:.3f} |")
     return "\n".join(lines)
 
@@ -792,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=(*MODES, "det-step"), default="infer")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--precision", choices=tuple(PRECISIONS), default="32")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (or, with --op, the op)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="train: recompute blocks in backward (timm's set_grad_checkpointing)")
@@ -904,7 +908,7 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     if args.op is not None:
         jobs = op_jobs(args.op or OPS, args.tokens, args.dim, args.heads, args.batch,
                        args.precision, args.device, args.warmup, args.runs, args.threads,
-                       args.malloc)
+                       args.malloc, args.compile)
     else:
         specs = [parse_model_spec(m) for m in args.models]
         jobs = model_jobs(specs, args.sizes, args.mode, args.batch, args.precision,

@@ -75,6 +75,9 @@ class ClassificationModule(L.LightningModule):
             Mixup / CutMix need an even batch size (the train loader drops the last batch).
         ema_decay: keep an EMA of the weights (e.g. 0.9999) and evaluate it as ``val_ema/*``.
         grad_checkpointing: recompute block activations in backward to save memory.
+        compile: ``torch.compile`` the classifier in place (``True`` or a dict of its
+            arguments, e.g. ``{mode: max-autotune}``); the EMA copy stays eager (evaluation
+            only). Parameter names, hence checkpoints, do not change.
         base_batch_size: the total batch ``lr`` is for; when set, ``lr`` is scaled linearly to
             the actual total batch (processes x batch_size x accumulation), printed at start.
     """
@@ -87,7 +90,7 @@ class ClassificationModule(L.LightningModule):
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, label_smoothing: float = 0.1,
                  ema_decay: float | None = None, grad_checkpointing: bool = False,
-                 base_batch_size: int | None = None):
+                 base_batch_size: int | None = None, compile: bool | dict = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = ImageClassifier(model_name, num_classes, drop_rate, **(model_kwargs or {}))
@@ -105,6 +108,8 @@ class ClassificationModule(L.LightningModule):
         self.model_ema = None
         if ema_decay:
             self.model_ema = ModelEmaV3(self.model, decay=ema_decay).requires_grad_(False)
+        if compile:  # after the EMA's deep copy, which should not copy a compiled call
+            self.model.compile(**({} if compile is True else dict(compile)))
         # Top-5 only where it means something (a 4-class demo would always score 1).
         self.topk = [1, 5] if num_classes > 5 else [1]
         self.metrics = torch.nn.ModuleDict({

@@ -39,6 +39,9 @@ def _add_trainer_flags(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     g.add_argument("--limit-val-batches", type=float, help="for quick checks")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone (the config's compile=True; the first "
+                        "steps are slow while it compiles)")
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
@@ -51,6 +54,13 @@ def _trainer_kwargs(args: argparse.Namespace) -> dict:
     if args.limit_val_batches is not None:
         kw["limit_val_batches"] = args.limit_val_batches
     return kw
+
+
+def _load_config(args: argparse.Namespace):
+    cfg = load_config(args.config, args.cfg_options)
+    if args.compile:
+        cfg.compile = cfg.get("compile") or True
+    return cfg
 
 
 def train_parser(task: str) -> argparse.ArgumentParser:
@@ -80,7 +90,7 @@ def _resume_path(resume: str | None, work_dir: Path) -> str | None:
 def train_main(module_cls: type[MMModelModule], argv: list[str] | None = None):
     """Build the module and data from the config and fit; returns the Trainer."""
     args = train_parser(module_cls.__name__).parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = _load_config(args)
     if args.auto_scale_lr:
         if not (cfg.get("auto_scale_lr") or {}).get("base_batch_size"):
             raise ValueError(f"--auto-scale-lr: {args.config} has no "
@@ -138,7 +148,7 @@ def load_weights(module: MMModelModule, checkpoint: str | os.PathLike) -> None:
 
 def test_main(module_cls: type[MMModelModule], argv: list[str] | None = None) -> dict:
     args = test_parser(module_cls.__name__).parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = _load_config(args)
     L.seed_everything(args.seed, workers=True)
     module = module_cls(cfg)
     load_weights(module, args.checkpoint)

@@ -93,6 +93,10 @@ class MMModelModule(L.LightningModule):
 
     ``default_scope``: the registry scope when the config names none ('mmdet' or 'mmseg').
     ``monitor``: the validation metric a task would select checkpoints by.
+
+    The config's ``compile`` (mmengine's key: ``True`` or a dict of ``torch.compile`` arguments)
+    compiles the backbone in place, the part whose cost grows with resolution; the heads' Python
+    (sampling, assignment) stays eager, and parameter names (checkpoints) do not change.
     """
 
     default_scope = "mmdet"
@@ -104,6 +108,9 @@ class MMModelModule(L.LightningModule):
         self.scope = _registry_scope(self.cfg, self.default_scope)
         self.model = MODELS.build(self.cfg.model)
         self.model.init_weights()
+        compile_cfg = self.cfg.get("compile")
+        if compile_cfg:
+            self.model.backbone.compile(**({} if compile_cfg is True else dict(compile_cfg)))
         self._evaluators: dict[str, Evaluator] = {}
         self._schedulers: list = []
         self._scheduler_states: list[dict] | None = None
