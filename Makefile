@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.setup-stamp
 
-.PHONY: setup test test-all lint lock clean-venv demo demo-det demo-seg demo-cls
+.PHONY: setup test test-all lint lock clean-venv demo demo-det demo-seg demo-cls benchmark
 
 setup:
 	bash tools/setup.sh
@@ -69,3 +69,12 @@ demo-cls: setup
 	$(DEMO_ENV) $(PY) tools/train_cls.py fit -c $(DEMO_CLS)
 	$(DEMO_ENV) $(PY) tools/train_cls.py validate -c $(DEMO_CLS) \
 		--ckpt_path work_dirs/demo_cls/checkpoints/last.ckpt
+
+# The performance suite (README, Performance): every target's records and plots under
+# docs/benchmark/<device>_*. `make benchmark DEVICE=cuda` on a GPU machine; ONLY=REGEX for a
+# subset of its steps. Hours on the 2-core CPU machine.
+DEVICE ?= cuda
+
+benchmark: setup
+	$(PY) tools/make_demo_data.py --out data/demo
+	bash tools/benchmark_suite.sh $(DEVICE) docs/benchmark

@@ -749,9 +749,11 @@ def plot_records(records: Sequence[dict[str, Any]], path: str | os.PathLike,
         if not series:
             ax.set_visible(False)
             continue
-        for label, pts in series.items():
+        for i, (label, pts) in enumerate(series.items()):
             pts.sort()
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+            # The colour cycle has 10 colours: series beyond it get another line and marker.
+            ax.plot(*zip(*pts, strict=True), marker="os^D"[i // 10 % 4],
+                    ls=("-", "--", "-.", ":")[i // 10 % 4], label=label)
         x0, y0 = min((pts[0] for pts in series.values()), key=lambda p: p[1])
         xs = sorted({p for pts in series.values() for p, _ in pts})
         ax.plot(xs, [y0 * x / x0 for x in xs], "k--", lw=1,
