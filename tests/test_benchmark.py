@@ -2,10 +2,12 @@
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from backbones import attention as A
@@ -158,3 +160,36 @@ def test_bad_arguments_name_the_fix(capsys):
         assert msg in capsys.readouterr().err
     assert B.parse_model_spec("inline_swin_tiny:attn_types=SSSS,global_softmax=True").kwargs == \
         {"attn_types": "SSSS", "global_softmax": True}
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_suite_script_commands_are_valid(device, tmp_path, monkeypatch):
+    """tools/benchmark_suite.sh (make benchmark) hands the tool command lines it accepts: each
+    step's arguments parse, pass the tool's checks and name known models, and every target's
+    step is there (recorded with a stand-in interpreter: nothing runs)."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> {log}\nprintf "\\n\\0" >> {log}\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "tools/benchmark_suite.sh", device, str(tmp_path / "out")],
+                          cwd=ROOT, env={"PY": str(fake), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [c.strip("\0").split("\0") for c in log.read_text().split("\n\0") if c.strip("\0")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine's view
+    outs, models = set(), set()
+    for argv in calls:
+        assert argv[0] == "tools/benchmark.py"
+        ap = B.build_parser()
+        args = ap.parse_args(argv[1:])
+        B.check_args(ap, args)
+        assert args.device == device
+        models |= {B.parse_model_spec(spec).name for spec in args.models}
+        outs.add(Path(args.out).name)
+    precisions = ["32", "bf16-mixed", "16-mixed"] if device == "cuda" else ["32"]
+    expected = {f"{device}_{s}.json" for s in ["infer_families_32", "train_swin_32",
+                                               "train_swin_gradckpt_32", "infer_swin_compiled_32",
+                                               "det_step"]}
+    expected |= {f"{device}_{kind}_{p}.json" for kind in ("infer_swin", "ops") for p in precisions}
+    assert outs == expected
+    assert set(timm.list_models("inline_*") + timm.list_models("l2vit_*")) <= models
