@@ -2,11 +2,14 @@
 instead of crashing later on a shape error or being dropped without a word.
 
 Checked when a dataset is built (MM datasets whose annotation file goes through
-``parse_data_info``, i.e. COCO-style detection files): boxes of zero area, and boxes reaching
+``parse_data_info``, i.e. COCO-style detection files): boxes of negative size, and boxes reaching
 outside their image, which mmdet would otherwise drop silently (or keep, misplaced: the
-``[x1, y1, x2, y2]``-instead-of-``[x, y, w, h]`` mistake). Checked per sample as it is loaded:
-a missing or unreadable image, a missing or unreadable label map, a label map whose size is not
-its image's, and any error the pipeline raises (reported with the sample's files).
+``[x1, y1, x2, y2]``-instead-of-``[x, y, w, h]`` mistake). Boxes narrower or lower than 1 px
+(zero area included; real COCO train2017 has two of height 0) are not errors: mmdet leaves those
+annotations out, and they are listed in a warning while their images keep their other boxes.
+Checked per sample as it is loaded: a missing or unreadable image, a missing or unreadable label
+map, a label map whose size is not its image's, and any error the pipeline raises (reported with
+the sample's files).
 
 Skipping applies to training data only: an evaluation set that silently lost images would give
 a metric on another set.
@@ -74,12 +77,13 @@ def check_sample_files(info: dict) -> None:
                 "separately?)")
 
 
-def box_problems(img_info: dict, anns: list[dict]) -> list[str]:
-    """What is wrong with the boxes of one image of a COCO-style file (empty list if nothing):
-    zero or negative width / height, or reaching outside the image by more than
-    ``BOX_TOLERANCE`` px. ``ignore`` annotations are left out, as mmdet leaves them out."""
+def box_problems(img_info: dict, anns: list[dict]) -> tuple[list[str], list[str]]:
+    """The boxes of one image of a COCO-style file: (errors, notes). Errors: not four finite
+    numbers, negative width / height, reaching outside the image by more than ``BOX_TOLERANCE``
+    px. Notes: boxes under 1 px wide or high or of area 0, which mmdet leaves out. ``ignore``
+    annotations are skipped, as mmdet skips them."""
     width, height = img_info.get("width"), img_info.get("height")
-    out = []
+    errors, notes = [], []
     for ann in anns:
         if ann.get("ignore", False):
             continue
@@ -88,32 +92,42 @@ def box_problems(img_info: dict, anns: list[dict]) -> list[str]:
         try:
             x, y, w, h = (float(v) for v in box)
         except (TypeError, ValueError):
-            out.append(f"{name}: bbox {box!r} is not [x, y, width, height]")
+            errors.append(f"{name}: bbox {box!r} is not [x, y, width, height]")
             continue
         if not all(math.isfinite(v) for v in (x, y, w, h)):
-            out.append(f"{name}: box {box} is not finite")
-        elif w <= 0 or h <= 0:
-            out.append(f"{name}: box {box} has zero area (width {w:g}, height {h:g})")
+            errors.append(f"{name}: box {box} is not finite")
+        elif w < 0 or h < 0:
+            errors.append(f"{name}: box {box} has a negative size (width {w:g}, height {h:g}; "
+                          "boxes are [x, y, width, height], [x1, y1, x2, y2] by mistake?)")
         elif width and height and (min(x, y) < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
                                    or y + h > height + BOX_TOLERANCE):
-            out.append(f"{name}: box {box} reaches outside the {width} x {height} image (boxes "
-                       "are [x, y, width, height] in pixels; [x1, y1, x2, y2] by mistake?)")
-    return out
+            errors.append(f"{name}: box {box} reaches outside the {width} x {height} image "
+                          "(boxes are [x, y, width, height] in pixels; [x1, y1, x2, y2] by "
+                          "mistake?)")
+        elif w < 1 or h < 1 or not ann.get("area", 1) > 0:  # mmdet's own rule
+            notes.append(f"{name}: box {box} (area {ann.get('area', '?')}) is under 1 px or "
+                         "has no area")
+    return errors, notes
 
 
-def _full_init_checking_boxes(dataset) -> dict[str, list[str]]:
-    """``dataset.full_init()`` with its ``parse_data_info`` watched: the box problems of every
-    image whose raw COCO-style annotations it is given, by image path."""
+def _full_init_checking_boxes(dataset) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``dataset.full_init()`` with its ``parse_data_info`` watched: the box errors and notes
+    (``box_problems``) of every image whose raw COCO-style annotations it is given, by image
+    path."""
     bad: dict[str, list[str]] = {}
+    tiny: dict[str, list[str]] = {}
     parse = dataset.parse_data_info
 
     def checked(raw: dict):
         info = parse(raw)
         if isinstance(raw, dict) and {"raw_img_info", "raw_ann_info"} <= raw.keys():
-            problems = box_problems(raw["raw_img_info"], raw["raw_ann_info"])
-            if problems:
-                key = info.get("img_path") if isinstance(info, dict) else None
-                bad[key or raw["raw_img_info"].get("file_name", "?")] = problems
+            errors, notes = box_problems(raw["raw_img_info"], raw["raw_ann_info"])
+            key = info.get("img_path") if isinstance(info, dict) else None
+            key = key or raw["raw_img_info"].get("file_name", "?")
+            if errors:
+                bad[key] = errors
+            if notes:
+                tiny[key] = notes
         return info
 
     dataset.parse_data_info = checked
@@ -121,13 +135,14 @@ def _full_init_checking_boxes(dataset) -> dict[str, list[str]]:
         dataset.full_init()
     finally:
         del dataset.parse_data_info  # back to the class's method (and picklable for workers)
-    return bad
+    return bad, tiny
 
 
-def _report(bad: dict[str, list[str]], source: str, limit: int = 5) -> str:
+def _report(bad: dict[str, list[str]], source: str, what: str = "bad boxes",
+            limit: int = 5) -> str:
     lines = [f"  {path}: {'; '.join(problems)}" for path, problems in list(bad.items())[:limit]]
     more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
-    return f"{source}: {len(bad)} image(s) with bad boxes:\n" + "\n".join(lines) + more
+    return f"{source}: {len(bad)} image(s) with {what}:\n" + "\n".join(lines) + more
 
 
 def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
@@ -149,7 +164,7 @@ def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
     dataset = DATASETS.build(cfg)
     if watch:
         try:
-            bad = _full_init_checking_boxes(dataset)
+            bad, tiny = _full_init_checking_boxes(dataset)
         except ValueError as e:  # mmengine serialises the list with np.concatenate
             if "need at least one array" not in str(e):
                 raise
@@ -157,8 +172,12 @@ def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
                 f"the dataset is empty: no images listed by ann_file="
                 f"{getattr(dataset, 'ann_file', None)!r} or found under data_prefix="
                 f"{getattr(dataset, 'data_prefix', None)!r}; check the paths") from None
+        source = str(getattr(dataset, "ann_file", "") or cfg["type"])
+        if tiny:
+            log.warning("%s\nmmdet leaves these annotations out; their images keep their other "
+                        "boxes", _report(tiny, source, "boxes under 1 px or of area 0"))
         if bad:
-            report = _report(bad, str(getattr(dataset, "ann_file", "") or cfg["type"]))
+            report = _report(bad, source)
             if not skip_bad_samples:
                 raise BadSampleError(f"{report}\nFix the annotation file, or set "
                                      "skip_bad_samples=True to train without these images")

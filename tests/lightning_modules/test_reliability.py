@@ -197,23 +197,45 @@ def det_data(data: Path, skip: bool = False) -> MMDataModule:
 
 
 def test_bad_boxes_name_the_file_image_and_problem(data):
-    zero, outside = edit_boxes(coco_json(data), {
-        0: [5.0, 5.0, 0.0, 10.0],
+    negative, outside = edit_boxes(coco_json(data), {
+        0: [5.0, 5.0, -2.0, 10.0],
         1: lambda img: [img["width"] - 20.0, 5.0, 40.0, 10.0],  # [x1, y1, x2, y2] by mistake?
     })
     with pytest.raises(BadSampleError) as err:
         det_data(data).dataset("train")
     msg = str(err.value)
     assert "instances_train2017.json: 2 image(s) with bad boxes" in msg
-    assert zero in msg and "has zero area (width 0, height 10)" in msg
+    assert negative in msg and "has a negative size (width -2, height 10" in msg
     assert outside in msg and "reaches outside the" in msg
     assert "skip_bad_samples=True" in msg
+
+
+def test_boxes_without_area_are_listed_and_left_out_not_errors(data, caplog):
+    """Real COCO train2017 holds two height-0 boxes (annotation 918: [296.65, 388.33, 1.03, 0.0],
+    area 0). mmdet leaves such annotations out; training goes on, they are named in a warning,
+    and their images keep their other boxes."""
+    path = coco_json(data)
+    clean = det_data(data).dataset("train")
+    coco = json.loads(path.read_text())
+    img = coco["images"][0]
+    anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+    coco["annotations"].append(dict(anns[0], id=918, bbox=[5.0, 8.0, 1.03, 0.0], area=0.0))
+    path.write_text(json.dumps(coco))
+    with caplog.at_level(logging.WARNING):
+        train = det_data(data).dataset("train")
+    assert len(train) == len(clean)
+    assert "1 image(s) with boxes under 1 px or of area 0" in caplog.text
+    assert img["file_name"] in caplog.text and "annotation 918" in caplog.text
+    index = next(i for i in range(len(train))
+                 if train.get_data_info(i)["img_path"].endswith(img["file_name"]))
+    assert len(train.get_data_info(index)["instances"]) == len(anns)  # the others kept
+    assert train[index]["data_samples"].gt_instances.bboxes.shape[0] == len(anns)
 
 
 def test_skip_bad_samples_drops_images_with_bad_boxes_from_training_only(data, caplog):
     clean = len(det_data(data).dataset("train"))
     (zero,) = edit_boxes(coco_json(data), {2: [5.0, 5.0, 10.0, -3.0]})
-    (val_bad,) = edit_boxes(coco_json(data, "val"), {0: [5.0, 5.0, 0.0, 0.0]})
+    (val_bad,) = edit_boxes(coco_json(data, "val"), {0: [5.0, 5.0, -1.0, 4.0]})
     with caplog.at_level(logging.WARNING):
         dm = det_data(data, skip=True)
         train = dm.dataset("train")
