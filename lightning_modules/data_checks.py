@@ -145,10 +145,11 @@ def _report(bad: dict[str, list[str]], source: str, what: str = "bad boxes",
     return f"{source}: {len(bad)} image(s) with {what}:\n" + "\n".join(lines) + more
 
 
-def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
+def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False, training: bool = True):
     """``DATASETS.build(cfg)`` (current registry scope) wrapped in a ``CheckedDataset``; box
     problems of a COCO-style annotation file raise here, before any training, or (skipping)
-    drop those images with a warning."""
+    drop those images with a warning. ``training=False``: evaluation data, which is never
+    skipped (the error says so)."""
     from mmengine.dataset import BaseDataset
     from mmengine.registry import DATASETS
 
@@ -178,6 +179,10 @@ def build_checked_dataset(cfg: dict, skip_bad_samples: bool = False):
                         "boxes", _report(tiny, source, "boxes under 1 px or of area 0"))
         if bad:
             report = _report(bad, source)
+            if not training:
+                raise BadSampleError(f"{report}\nFix the annotation file (evaluation data is "
+                                     "never skipped: a metric on fewer images would be a "
+                                     "metric on another set)")
             if not skip_bad_samples:
                 raise BadSampleError(f"{report}\nFix the annotation file, or set "
                                      "skip_bad_samples=True to train without these images")

@@ -291,7 +291,8 @@ class MMDataModule(L.LightningDataModule):
             # samples instead (lightning_modules/data_checks.py).
             skip = split == "train" and bool(self.cfg.get("skip_bad_samples", False))
             try:
-                self._datasets[split] = build_checked_dataset(loader_cfg["dataset"], skip)
+                self._datasets[split] = build_checked_dataset(loader_cfg["dataset"], skip,
+                                                              training=split == "train")
             except FileNotFoundError as e:  # mm's own message names the path, not the fix
                 root = loader_cfg["dataset"].get("data_root")
                 raise FileNotFoundError(

@@ -242,8 +242,10 @@ def test_skip_bad_samples_drops_images_with_bad_boxes_from_training_only(data, c
     assert len(train) == clean - 1  # the bad image is left out, the rest kept
     assert zero in caplog.text and "left out" in caplog.text
     assert all(zero not in train.get_data_info(i)["img_path"] for i in range(len(train)))
-    with pytest.raises(BadSampleError, match=val_bad):  # evaluation sets never skip
+    with pytest.raises(BadSampleError, match=val_bad) as err:  # evaluation sets never skip
         dm.dataset("val")
+    assert "evaluation data is never skipped" in str(err.value)
+    assert "skip_bad_samples=True" not in str(err.value)  # the fix it names is the file
 
 
 def test_missing_and_corrupt_images_name_the_file_or_are_skipped(data, caplog):
