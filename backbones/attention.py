@@ -150,9 +150,10 @@ def inline_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
     Equal to ``merge(injective_linear_attention(heads(q), heads(k), heads(v))) +
     pad(predicted_local_residual(grid(v), kernels))``, written to touch the N x C data few times
     (profiled: the unfused form makes ~30 passes and allocations over it):
-    the residual is a depthwise convolution per sample (groups = C, the layout every backend has
-    a fast kernel for) whose bias carries mean(V), and each head's ``q M`` is accumulated into
-    its slice of that output in place. Inputs may be strided views of a fused qkv projection.
+    the residual is one depthwise convolution over the batch's (sample, channel) maps (groups =
+    B*C, as in the official code) whose bias carries mean(V), and each head's ``q M`` is
+    accumulated into its slice of that output in place. Inputs may be strided views of a fused
+    qkv projection.
     """
     b, n, c = q.shape
     d = c // num_heads
@@ -168,12 +169,21 @@ def inline_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
         if kernels is None:
             base = v_mean.expand(b, n, c)
         else:
-            grid = v[:, p:].float().view(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
-            weight = kernels.float().reshape(b, c, 1, 3, 3)
-            res = [F.conv2d(grid[i:i + 1], weight[i], v_mean[i, 0], padding=1, groups=c)
-                   for i in range(b)]
-            res = res[0] if b == 1 else torch.cat(res)  # no copy for one sample
-            base = res.permute(0, 2, 3, 1).reshape(b, n - p, c)   # a view for channels-last
+            # One depthwise convolution over the B*C (sample, channel) maps, as the official
+            # code does: one kernel call for the batch instead of one per sample (on CPU the
+            # same results bit for bit and 1.03-1.2x faster in training at batch 16), on a
+            # channels-last (H, W, B*C) grid: a view of V's tokens for one sample, one copy for
+            # several.
+            h, w = hw
+            grid = v[:, p:].float().view(b, h, w, c).permute(1, 2, 0, 3).reshape(1, h, w, b * c)
+            # (view, not unsqueeze: the leading stride must be the largest, or the strides
+            # read as NCHW and the convolution copies and runs 3x slower)
+            res = F.conv2d(grid.permute(0, 3, 1, 2), kernels.float().reshape(b * c, 1, 3, 3),
+                           v_mean.reshape(b * c), padding=1, groups=b * c)
+            # (1, B*C, H, W) -> (B, N - p, C), a view: the output keeps the input's
+            # channels-last layout, so samples interleave; the sum with q M makes it dense.
+            base = res[0].permute(1, 2, 0).reshape(h, w, b, c).permute(2, 0, 1, 3)
+            base = base.reshape(b, n - p, c)
             if p:
                 base = torch.cat([v_mean.expand(b, p, c), base], dim=1)
         q = q.float()
