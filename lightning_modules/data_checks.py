@@ -5,8 +5,9 @@ Checked when a dataset is built (MM datasets whose annotation file goes through
 ``parse_data_info``, i.e. COCO-style detection files): boxes of negative size, and boxes reaching
 outside their image, which mmdet would otherwise drop silently (or keep, misplaced: the
 ``[x1, y1, x2, y2]``-instead-of-``[x, y, w, h]`` mistake). Boxes narrower or lower than 1 px
-(zero area included; real COCO train2017 has two of height 0) are not errors: mmdet leaves those
-annotations out, and they are listed in a warning while their images keep their other boxes.
+(zero area included; COCO train2017 is reported to hold two of height 0) are not errors: mmdet
+leaves those annotations out, and they are listed in a warning while their images keep their
+other boxes.
 Checked per sample as it is loaded: a missing or unreadable image, a missing or unreadable label
 map, a label map whose size is not its image's, and any error the pipeline raises (reported with
 the sample's files).
