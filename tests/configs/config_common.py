@@ -1,10 +1,14 @@
 """What the detection and segmentation config tests share: reading configs as written, the
-shipped configs of a toolbox scope, and the names that map config file names to backbones."""
+shipped configs of a toolbox scope, the names that map config file names to backbones, and
+building their models in this one process."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from mmengine.config import Config
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
@@ -36,3 +40,39 @@ def shipped_configs(scope: str) -> list[Path]:
 
 def config_ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in paths]
+
+
+def config_strings(obj) -> Iterator[str]:
+    """Every string in a (nested) config."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from config_strings(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from config_strings(v)
+
+
+def sync_bn_to_bn(obj):
+    """Single-process runs cannot use SyncBN: replace it everywhere in a (nested) config."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "type" and v in ("SyncBN", "MMSyncBN"):
+                obj[k] = "BN"
+            else:
+                sync_bn_to_bn(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            sync_bn_to_bn(v)
+    return obj
+
+
+def use_toolbox(scope: str) -> None:
+    """``scope`` ('mmdet' or 'mmseg', whose models need mmcv's compiled ops), our backbone
+    registrations, and ``scope`` as the default registry scope."""
+    pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is not installed")
+    pytest.importorskip(f"{scope}.models")
+    import heads.mm_models  # noqa: F401  (registers the backbones)
+
+    importlib.import_module(f"{scope}.utils").register_all_modules(init_default_scope=True)

@@ -24,8 +24,11 @@ from config_common import (
     OUR_BACKBONES,
     SIZE_ARCH,
     config_ids,
+    config_strings,
     read_config,
     shipped_configs,
+    sync_bn_to_bn,
+    use_toolbox,
 )
 from mmengine.config import ConfigDict
 
@@ -58,52 +61,16 @@ REPRESENTATIVES = {
 }
 
 
-def _strings(obj):
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _strings(v)
-
-
-def _sync_bn_to_bn(obj):
-    """Single-process runs cannot use SyncBN: replace it everywhere in a (nested) config."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k == "type" and v in ("SyncBN", "MMSyncBN"):
-                obj[k] = "BN"
-            else:
-                _sync_bn_to_bn(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _sync_bn_to_bn(v)
-    return obj
-
-
-def _mm() -> None:
-    """mmdet (its ops need mmcv's compiled extension), our registrations, mmdet's scope."""
-    pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is not installed")
-    pytest.importorskip("mmdet.models")
-    from mmdet.utils import register_all_modules
-
-    import heads.mm_models  # noqa: F401  (registers the backbones)
-
-    register_all_modules(init_default_scope=True)
-
-
 def _model_cfg(path: Path, **backbone_overrides) -> ConfigDict:
     """``cfg.model`` ready to build here: no checkpoint, BN instead of SyncBN."""
     model = copy.deepcopy(read_config(path).model)
     model.backbone.init_cfg = None
     model.backbone.update(backbone_overrides)
-    return _sync_bn_to_bn(model)
+    return sync_bn_to_bn(model)
 
 
 def _build_detector(path: Path, **backbone_overrides):
-    _mm()
+    use_toolbox("mmdet")
     from mmdet.registry import MODELS
 
     torch.manual_seed(0)
@@ -155,7 +122,7 @@ def test_config_loads_with_our_backbone(path: Path):
     cfg = read_config(path)
     assert "heads.mm_models" in cfg.custom_imports["imports"]
     assert cfg.model.backbone.type in OUR_BACKBONES
-    urls = [s for s in _strings(cfg.to_dict()) if "://" in s]
+    urls = [s for s in config_strings(cfg.to_dict()) if "://" in s]
     assert not urls, f"configs must not download anything: {urls}"
 
 
@@ -234,10 +201,10 @@ def _backbone_outputs(backbone_cfg: dict, hw: tuple[int, int]) -> list[tuple[int
     cfg = {k: v for k, v in backbone_cfg.items() if k not in ("init_cfg", "drop_path_rate")}
     key = repr(sorted(cfg.items())) + repr(hw)
     if key not in _SHAPES:
-        _mm()
+        use_toolbox("mmdet")
         from mmdet.registry import MODELS
 
-        backbone = MODELS.build(_sync_bn_to_bn(dict(cfg, init_cfg=None))).eval()
+        backbone = MODELS.build(sync_bn_to_bn(dict(cfg, init_cfg=None))).eval()
         with torch.no_grad():
             feats = backbone(torch.zeros(1, 3, *hw))
         _SHAPES[key] = [tuple(f.shape) for f in feats]
@@ -269,7 +236,7 @@ def test_neck_takes_the_backbones_real_outputs(path: Path):
 def test_train_pipeline_runs(name: str):
     """The training transforms after loading (resizes, crop, flip, packing) on a synthetic
     image with boxes and masks: catches a wrong transform name or argument before a real run."""
-    _mm()
+    use_toolbox("mmdet")
     import numpy as np
     from mmcv.transforms import Compose
     from mmdet.structures.bbox import HorizontalBoxes

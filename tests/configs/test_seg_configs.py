@@ -26,8 +26,11 @@ from config_common import (
     OUR_BACKBONES,
     SIZE_ARCH,
     config_ids,
+    config_strings,
     read_config,
     shipped_configs,
+    sync_bn_to_bn,
+    use_toolbox,
 )
 
 # Every mmseg config outside _base_ (the ADE20K recipes and the demo) ...
@@ -65,46 +68,10 @@ REPRESENTATIVES = {
 }
 
 
-def _strings(obj):
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _strings(v)
-
-
-def _no_sync_bn(obj):
-    """SyncBN -> BN everywhere in a (nested) config: these checks run in one process."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k == "type" and v == "SyncBN":
-                obj[k] = "BN"
-            else:
-                _no_sync_bn(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _no_sync_bn(v)
-    return obj
-
-
-def _mm() -> None:
-    """mmseg (its models need mmcv's compiled extension), our registrations, mmseg's scope."""
-    pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is not installed")
-    pytest.importorskip("mmseg.models")
-    from mmseg.utils import register_all_modules
-
-    import heads.mm_models  # noqa: F401  (registers the backbones)
-
-    register_all_modules(init_default_scope=True)
-
-
 def _build_segmentor(path: Path, pad_to: tuple[int, int], **backbone_overrides):
     """``cfg.model`` built here: no checkpoint, BN instead of SyncBN, and training batches
     padded to ``pad_to`` instead of the 512 x 512 crop (8-30x less work on small inputs)."""
-    _mm()
+    use_toolbox("mmseg")
     from mmseg.registry import MODELS
 
     model_cfg = copy.deepcopy(read_config(path).model)
@@ -112,7 +79,7 @@ def _build_segmentor(path: Path, pad_to: tuple[int, int], **backbone_overrides):
     model_cfg.backbone.init_cfg = None
     model_cfg.backbone.update(backbone_overrides)
     torch.manual_seed(0)
-    model = MODELS.build(_no_sync_bn(model_cfg))
+    model = MODELS.build(sync_bn_to_bn(model_cfg))
     model.init_weights()
     return model
 
@@ -150,7 +117,7 @@ def test_config_loads_with_our_backbone(path: Path):
     assert "heads.mm_models" in cfg.custom_imports["imports"]
     assert cfg.model.type == "EncoderDecoder"
     assert cfg.model.backbone.type in OUR_BACKBONES
-    urls = [s for s in _strings(cfg.to_dict()) if "://" in s]
+    urls = [s for s in config_strings(cfg.to_dict()) if "://" in s]
     assert not urls, f"configs must not download anything: {urls}"
     assert cfg.train_cfg.type == "IterBasedTrainLoop"
     assert cfg.val_evaluator.type == "IoUMetric" and cfg.val_evaluator.iou_metrics == ["mIoU"]
@@ -256,7 +223,7 @@ def _backbone_outputs(backbone_cfg: dict, hw: tuple[int, int]) -> list[tuple[int
     cfg = {k: v for k, v in backbone_cfg.items() if k not in ("init_cfg", "drop_path_rate")}
     key = repr(sorted(cfg.items())) + repr(hw)
     if key not in _SHAPES:
-        _mm()
+        use_toolbox("mmseg")
         from mmseg.registry import MODELS
 
         backbone = MODELS.build(dict(cfg, init_cfg=None)).eval()
@@ -296,7 +263,7 @@ def test_ade20k_pipelines_run():
     """The training transforms after loading (rescale, crop, flip, photometric distortion,
     packing) and the test resize, on a synthetic image and label map: catches a wrong transform
     name or argument before a real run."""
-    _mm()
+    use_toolbox("mmseg")
     from mmcv.transforms import Compose
 
     cfg = read_config(CONFIG_ROOT / "_base_/datasets/ade20k.py")
