@@ -30,10 +30,12 @@ __all__ = [
     "maybe_checkpoint",
     "pad_to_multiple",
     "pos_embed_for_grid",
+    "read_checkpoint",
     "resize_pos_embed_to",
     "resize_rel_pos_tables",
     "safe_torch_load",
     "to_pair",
+    "trusted_checkpoints",
     "unwrap_state_dict",
 ]
 
@@ -268,12 +270,17 @@ _NUMPY_SAFE_GLOBALS = [
 ]
 
 
+def trusted_checkpoints() -> bool:
+    """Whether the user opted in (``LAV_TRUSTED_CHECKPOINTS=1``) to full unpickling."""
+    return os.environ.get(TRUSTED_ENV) == "1"
+
+
 def safe_torch_load(file, map_location: Any = "cpu", weights_only: bool | None = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (tensors, containers, numpy values), unless the
     caller passes ``weights_only=False`` or the user sets ``LAV_TRUSTED_CHECKPOINTS=1``. A file
     that needs more (an argparse Namespace, a yacs config, mmengine's HistoryBuffer) is refused
     with a message naming both ways to opt in."""
-    if weights_only is False or os.environ.get(TRUSTED_ENV) == "1":
+    if weights_only is False or trusted_checkpoints():
         return torch.load(file, map_location=map_location, weights_only=False)
     try:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
@@ -290,6 +297,19 @@ def safe_torch_load(file, map_location: Any = "cpu", weights_only: bool | None =
             f"weights_only=False.") from e
 
 
+def read_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> Any:
+    """A checkpoint file's contents (``safe_torch_load``), with errors that name the file: not
+    found, truncated or corrupt, or holding objects that need the opt-in."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return safe_torch_load(path, weights_only=weights_only)
+    except Exception as e:
+        if str(path) in str(e):  # the opt-in message names the file already
+            raise
+        raise RuntimeError(f"could not read checkpoint {path} (truncated or corrupt?): {e}") from e
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, filter_fn=None,
                     strict: bool = True, weights_only: bool = True):
     """Load a checkpoint file into ``model`` through the family's ``checkpoint_filter_fn``.
@@ -297,14 +317,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, filter_fn=None,
     Safe unpickling (``safe_torch_load``) unless the caller opts out with
     ``weights_only=False`` for a trusted file. Returns the ``load_state_dict`` result.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = safe_torch_load(path, weights_only=weights_only)
-    except Exception as e:
-        if str(path) in str(e):  # the opt-in message names the file already
-            raise
-        raise RuntimeError(f"could not read checkpoint {path} (truncated or corrupt?): {e}") from e
+    ckpt = read_checkpoint(path, weights_only=weights_only)
     sd = filter_fn(ckpt, model) if filter_fn is not None else unwrap_state_dict(ckpt)
     try:
         return model.load_state_dict(sd, strict=strict)

@@ -234,6 +234,12 @@ def op_gflops(op: str, tokens: int, dim: int, heads: int, batch: int) -> float:
 
 # ---- measuring (inside a worker) ----------------------------------------------------------------
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on a GPU are otherwise launch times)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _proc_kb(key: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
@@ -263,7 +269,7 @@ class _MemoryMeter:
 
     def start(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            _sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda_max_allocated"
         else:
@@ -292,8 +298,7 @@ def _profile(step: Callable[[], Any], device: torch.device, top: int = 15
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
     return [dict(op=e.key, calls=e.count, self_ms=round(getattr(e, key) / 1e3, 3))
@@ -304,10 +309,6 @@ def _time_iterations(step: Callable[[], Any], device: torch.device, warmup: int,
                      budget_s: float, profile: bool = False) -> dict[str, Any]:
     """Warm-up iterations, then up to ``runs`` timed ones (fewer if the budget left cannot pay
     for them; at least one). Memory is measured over all of them."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     meter = _MemoryMeter(device)
     meter.start()
     t0 = time.perf_counter()
@@ -315,17 +316,17 @@ def _time_iterations(step: Callable[[], Any], device: torch.device, warmup: int,
     for _ in range(warmup):
         t = time.perf_counter()
         step()
-        sync()
+        _sync(device)
         last = time.perf_counter() - t
     left = budget_s - (time.perf_counter() - t0)
     n = max(1, min(runs, int(left / last) if last > 0 else runs))
     wall, cpu, sys_t, faults = [], [], [], []
     for _ in range(n):
-        sync()
+        _sync(device)
         t, c = time.perf_counter(), time.process_time()
         r = resource.getrusage(resource.RUSAGE_SELF)
         step()
-        sync()
+        _sync(device)
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
         r2 = resource.getrusage(resource.RUSAGE_SELF)
@@ -400,18 +401,14 @@ def _op_job(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def machine_reference(device: torch.device, mb: int = 256) -> dict[str, Any]:
     """Memory bandwidth (copy of a buffer far larger than caches: read + write) and fp32 matmul
     throughput on this device, the two rooflines the attention ops are compared with."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def best(fn, reps=5):
         fn()
-        sync()
+        _sync(device)
         ts = []
         for _ in range(reps):
             t = time.perf_counter()
             fn()
-            sync()
+            _sync(device)
             ts.append(time.perf_counter() - t)
         return min(ts)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones._helpers import safe_torch_load
+from backbones._helpers import read_checkpoint
 
 __all__ = ["ImageClassifier", "LinearClassifier"]
 
@@ -101,14 +101,5 @@ class ImageClassifier(nn.Module):
     def load_pretrained(self, path: str | os.PathLike) -> list[str]:
         """``load_timm_state_dict`` from a file (safe unpickling: tensors and numpy only, unless
         the user opts in with ``LAV_TRUSTED_CHECKPOINTS=1``)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            ckpt = safe_torch_load(path)
-        except Exception as e:
-            if str(path) in str(e):  # the opt-in message names the file already
-                raise
-            raise RuntimeError(f"could not read checkpoint {path} (truncated or corrupt?): "
-                               f"{e}") from e
-        return self.load_timm_state_dict(ckpt, source=f"checkpoint {path}")
+        return self.load_timm_state_dict(read_checkpoint(path), source=f"checkpoint {path}")
 

@@ -26,7 +26,7 @@ from fsspec.utils import get_protocol
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from . import compat
+from backbones._helpers import safe_torch_load, trusted_checkpoints
 
 __all__ = ["NonFiniteLoss", "SafeCheckpointIO", "check_checkpoint_fits",
            "check_resumed_checkpoint", "partial_path", "use_safe_checkpoint_io"]
@@ -83,7 +83,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         trusted = weights_only is False  # the caller's explicit opt-in (e.g. --weights_only false)
         if not _is_local(path):
             return super().load_checkpoint(path, map_location,
-                                           weights_only=not (trusted or compat.trusted()))
+                                           weights_only=not (trusted or trusted_checkpoints()))
         path = str(path).removeprefix("file://")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -91,7 +91,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             log.info("loading %s with weights_only=False, as asked", path)
             return torch.load(path, map_location=map_location, weights_only=False)
         try:
-            return compat.safe_torch_load(path, map_location=map_location)
+            return safe_torch_load(path, map_location=map_location)
         except RuntimeError as e:  # a file cut short: torch names only the zip reader
             if "PytorchStreamReader" not in str(e):
                 raise

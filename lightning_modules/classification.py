@@ -33,12 +33,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from heads.classifier import ImageClassifier
 
-from . import compat
 from .callbacks import NonFiniteLoss, check_resumed_checkpoint, use_safe_checkpoint_io
 from .data_checks import BadSampleError, fetch_skipping
 from .distributed import scale_lr, total_batch_size
-
-compat.install()
 
 __all__ = ["ClassificationModule", "ImageFolderDataModule", "PredictionWriter", "cli_main",
            "warmup_cosine"]

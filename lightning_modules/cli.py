@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from mmengine.config import DictAction
 
-from . import compat
+from backbones._helpers import read_checkpoint
+
 from .callbacks import NonFiniteLoss, use_safe_checkpoint_io
 from .mm_bridge import MMDataModule, MMModelModule, load_config, trainer_settings
 
@@ -135,9 +136,7 @@ def test_parser(task: str) -> argparse.ArgumentParser:
 
 def load_weights(module: MMModelModule, checkpoint: str | os.PathLike) -> None:
     """Load a training checkpoint's weights (safe unpickling), with a clear error on mismatch."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    ckpt = compat.safe_torch_load(checkpoint, map_location="cpu")
+    ckpt = read_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     try:
         module.load_state_dict(state, strict=True)

@@ -16,24 +16,13 @@ from __future__ import annotations
 
 import os
 
-from backbones import _helpers
+from backbones._helpers import safe_torch_load
 
-TRUSTED_ENV = _helpers.TRUSTED_ENV
 MMCV_RANGE = ("2.0.0rc4", "2.2.0")
 
 
-def trusted() -> bool:
-    """Whether the user opted in to full unpickling of the checkpoints they load."""
-    return os.environ.get(TRUSTED_ENV) == "1"
-
-
-def safe_torch_load(file, map_location=None):
-    """``torch.load`` with ``weights_only=True`` (numpy values allowed), or a clear error naming
-    the opt-in (``backbones._helpers.safe_torch_load``, shared with the backbone loaders)."""
-    return _helpers.safe_torch_load(file, map_location=map_location)
-
-
 def _load_from_local(filename: str, map_location=None):
+    # The one safe loader of the project (backbones._helpers), shared with every other loader.
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"checkpoint {filename} does not exist")
