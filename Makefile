@@ -38,9 +38,9 @@ DEMO_ENV := OMP_NUM_THREADS=1
 demo-det: setup
 	$(PY) tools/make_demo_data.py --out data/demo
 	rm -rf $(DEMO_DET_DIR)
-	$(DEMO_ENV) $(PY) tools/train_det.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) --accelerator cpu
+	$(DEMO_ENV) $(PY) tools/train_det.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) --trainer.accelerator cpu
 	$(DEMO_ENV) $(PY) tools/test_det.py $(DEMO_DET) $(DEMO_DET_DIR)/checkpoints/last.ckpt \
-		--accelerator cpu
+		--trainer.accelerator cpu
 	$(DEMO_ENV) $(PY) tools/infer.py $(DEMO_DET) $(DEMO_DET_DIR)/checkpoints/last.ckpt \
 		$$(ls data/demo/coco/val2017/*.jpg | head -n 6) --out $(DEMO_DET_DIR)/pictures
 
@@ -52,9 +52,9 @@ DEMO_SEG_DIR := work_dirs/demo_seg
 demo-seg: setup
 	$(PY) tools/make_demo_data.py --out data/demo
 	rm -rf $(DEMO_SEG_DIR)
-	$(DEMO_ENV) $(PY) tools/train_seg.py $(DEMO_SEG) --work-dir $(DEMO_SEG_DIR) --accelerator cpu
+	$(DEMO_ENV) $(PY) tools/train_seg.py $(DEMO_SEG) --work-dir $(DEMO_SEG_DIR) --trainer.accelerator cpu
 	$(DEMO_ENV) $(PY) tools/test_seg.py $(DEMO_SEG) $(DEMO_SEG_DIR)/checkpoints/last.ckpt \
-		--accelerator cpu
+		--trainer.accelerator cpu
 	$(DEMO_ENV) $(PY) tools/infer.py $(DEMO_SEG) $(DEMO_SEG_DIR)/checkpoints/last.ckpt \
 		$$(ls data/demo/ade/ADEChallengeData2016/images/validation/*.jpg | head -n 6) \
 		--out $(DEMO_SEG_DIR)/pictures

@@ -1,6 +1,6 @@
 """Simple feature pyramid (ViTDet, Li et al. 2022) for plain, single-scale backbones (InLine-DeiT).
 
-Pure torch: the MM registration lives in ``heads.mm_models``.
+Pure torch: the MM registration lives in ``heads.mm_necks``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Lightning modules, data modules and the MM config bridge.
+"""Lightning modules, data modules, the MM config bridge and the command lines.
 
-Importing this package applies the stack's compatibility fixes (see ``compat``).
+Importing the package does nothing: the stack's compatibility fixes (``compat.install``) are
+applied by the entry points (``cli``, ``classification.cli_main``, ``inference``), and each
+submodule imports only what it needs (``demo_data`` imports no torch).
 """
-
-from . import compat
-
-compat.install()
-
-__all__ = ["compat"]

@@ -7,8 +7,8 @@
   ``shutil.move``, which copies, not renames, when that folder is on another filesystem.
 - ``NonFiniteLoss``: a NaN / inf training loss stops the run naming the step, or (configured)
   skips that optimizer step.
-- ``check_checkpoint_fits``: a resumed or evaluated checkpoint written for another config or
-  variant fails with one clear message before Lightning loads it.
+- ``check_checkpoint_fits`` / ``CheckedStateLoading``: a resumed, evaluated or rebuilt checkpoint
+  written for another config or variant fails with one clear message.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from backbones._helpers import safe_torch_load, trusted_checkpoints
 
-__all__ = ["NonFiniteLoss", "SafeCheckpointIO", "check_checkpoint_fits",
-           "check_resumed_checkpoint", "partial_path", "use_safe_checkpoint_io"]
+__all__ = ["CheckedStateLoading", "NonFiniteLoss", "SafeCheckpointIO", "check_checkpoint_fits",
+           "partial_path", "use_safe_checkpoint_io"]
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,17 @@ def check_checkpoint_fits(module: torch.nn.Module, checkpoint: Mapping, source: 
                            "config, or another work dir to start afresh")
 
 
-def check_resumed_checkpoint(module: L.LightningModule, checkpoint: Mapping) -> None:
-    """``check_checkpoint_fits`` for ``on_load_checkpoint`` while a Trainer restores a run
-    (``load_from_checkpoint`` callers choose their own strictness, so they are left alone)."""
-    trainer = getattr(module, "_trainer", None)
-    if trainer is not None and module.strict_loading:
-        check_checkpoint_fits(module, checkpoint, f"checkpoint {trainer.ckpt_path}")
+class CheckedStateLoading:
+    """LightningModule mixin: a strict ``load_state_dict`` (a Trainer restoring or testing a
+    checkpoint, ``load_from_checkpoint``) of weights that do not fit fails with one message
+    naming what differs (``check_checkpoint_fits``) instead of torch's list of every key.
+    ``strict=False`` callers are left alone."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False):
+        if strict:
+            trainer = getattr(self, "_trainer", None)
+            path = trainer.ckpt_path if trainer is not None else None
+            source = f"checkpoint {path}" if path else "the checkpoint"
+            check_checkpoint_fits(self, {"state_dict": state_dict}, source)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

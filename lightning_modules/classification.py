@@ -33,7 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from heads.classifier import ImageClassifier
 
-from .callbacks import NonFiniteLoss, check_resumed_checkpoint, use_safe_checkpoint_io
+from .callbacks import CheckedStateLoading, NonFiniteLoss, use_safe_checkpoint_io
 from .data_checks import BadSampleError, fetch_skipping
 from .distributed import scale_lr, total_batch_size
 
@@ -56,7 +56,7 @@ def warmup_cosine(step: int, total: int, warmup: int, lr: float, warmup_lr: floa
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(CheckedStateLoading, L.LightningModule):
     """A timm backbone of this project + a linear head, trained with the papers' recipe.
 
     Args:
@@ -65,7 +65,8 @@ class ClassificationModule(L.LightningModule):
         model_kwargs: builder arguments (``drop_path_rate``, ``img_size``, reduced widths...).
         drop_rate: dropout before the head.
         checkpoint: an official or timm-layout checkpoint loaded through the family's filter
-            (the head too when its class count matches).
+            (the head too when its class count matches), in ``setup`` (first stage run) unless
+            the Trainer restores a checkpoint set as ``trainer.ckpt_path`` beforehand.
         lr, weight_decay, betas, eps: AdamW; ``lr`` is for the whole (global) batch.
         warmup_epochs, warmup_lr, min_lr: the schedule, stepped per optimizer step.
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, label_smoothing: the loss.
@@ -91,9 +92,7 @@ class ClassificationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = ImageClassifier(model_name, num_classes, drop_rate, **(model_kwargs or {}))
-        if checkpoint:
-            for note in self.model.load_pretrained(checkpoint):
-                rank_zero_info(note)
+        self._pretrained_pending = bool(checkpoint)  # loaded in setup, see there
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.mixup = None
@@ -101,7 +100,7 @@ class ClassificationModule(L.LightningModule):
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                                prob=mixup_prob, switch_prob=mixup_switch_prob,
                                label_smoothing=label_smoothing, num_classes=num_classes)
-        # EMA after any checkpoint load, so that it starts from the loaded weights.
+        # The EMA copy is refreshed after a pretrained load (setup).
         self.model_ema = None
         if ema_decay:
             self.model_ema = ModelEmaV3(self.model, decay=ema_decay).requires_grad_(False)
@@ -112,6 +111,20 @@ class ClassificationModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict({
             f"{split}_{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
             for split in ("val", "val_ema", "test", "test_ema") for k in self.topk})
+
+    def setup(self, stage: str) -> None:
+        # The ``checkpoint`` file is read here, once, and not when the Trainer restores this
+        # module's own checkpoint (``trainer.ckpt_path`` set before the call): a module rebuilt
+        # by ``load_from_checkpoint`` or a resumed run needs no pretrained file.
+        if not self._pretrained_pending:
+            return
+        self._pretrained_pending = False
+        if self.trainer.ckpt_path is not None:
+            return
+        for note in self.model.load_pretrained(self.hparams.checkpoint):
+            rank_zero_info(note)
+        if self.model_ema is not None:  # the average starts from the loaded weights
+            self.model_ema.module.load_state_dict(self.model.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -138,14 +151,17 @@ class ClassificationModule(L.LightningModule):
                  batch_size=1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_resumed_checkpoint(self, checkpoint)  # another variant's checkpoint: one message
+        self._pretrained_pending = False  # its weights replace any pretrained ones
 
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups_weight_decay(self.model, hp.weight_decay,
                                            no_weight_decay_list=self.model.no_weight_decay())
         total = int(self.trainer.estimated_stepping_batches)
-        self.trainer.fit_loop.setup_data()
+        if not math.isfinite(self.trainer.num_training_batches):
+            # A run bounded by max_steps: the estimate above did not need the train loader, the
+            # warm-up (given in epochs) does.
+            self.trainer.fit_loop.setup_data()
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         warmup = min(int(round(hp.warmup_epochs * per_epoch)), total)
         lr = scale_lr(hp.lr, hp.base_batch_size, total_batch_size(

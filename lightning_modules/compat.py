@@ -1,5 +1,8 @@
 """Known incompatibilities of the pinned stack, handled here and nowhere else.
 
+Nothing is patched at import: the entry points that reach mmengine's loader (``cli.train_main`` /
+``test_main``, ``inference.infer``) call :func:`install` explicitly.
+
 1. torch >= 2.6 loads with ``weights_only=True`` by default; mmengine 0.10.7 calls ``torch.load``
    without the argument, so a checkpoint whose ``meta`` holds numpy values fails to load in
    ``load_checkpoint`` / ``init_cfg=Pretrained`` / ``load_from``. We replace mmengine's local-file
@@ -40,8 +43,16 @@ def check_mm_versions() -> None:
                           f"1.2.2 need mmcv >= {lo}, < {hi}; run `make setup` (builds 2.1.0)")
 
 
+_installed = False
+
+
 def install() -> None:
-    """Apply the fixes above; idempotent."""
+    """Apply fix 1 (mmengine's local checkpoint loader); once per process."""
+    global _installed
+    if _installed:
+        return
     from mmengine.runner.checkpoint import CheckpointLoader
 
+    # force=True: the prefix '' is mmengine's own local loader, which this replaces.
     CheckpointLoader.register_scheme(prefixes="", loader=_load_from_local, force=True)
+    _installed = True

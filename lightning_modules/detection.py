@@ -6,5 +6,5 @@ from .mm_bridge import MMModelModule
 class DetectionModule(MMModelModule):
     """An mmdet model (Mask R-CNN, RetinaNet, ...) trained and evaluated from its config."""
 
-    default_scope = "mmdet"
+    task_scope = "mmdet"
     monitor = "coco/bbox_mAP"

@@ -14,22 +14,10 @@ import mmcv
 import numpy as np
 from mmengine.config import Config
 
-from .cli import load_weights
-from .mm_bridge import MMModelModule, load_config
+from . import compat
+from .mm_bridge import load_config, task_module
 
 __all__ = ["infer"]
-
-
-def _task(cfg) -> type[MMModelModule]:
-    scope = cfg.get("default_scope", "mmdet")
-    if scope == "mmdet":
-        from .detection import DetectionModule
-        return DetectionModule
-    if scope == "mmseg":
-        from .segmentation import SegmentationModule
-        return SegmentationModule
-    raise ValueError(f"no inference for default_scope {scope!r} (mmdet and mmseg configs are "
-                     "supported)")
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -45,13 +33,15 @@ def infer(config: str | os.PathLike, checkpoint: str | os.PathLike, images: list
           out_dir: str | os.PathLike, score_thr: float = 0.3) -> list[Path]:
     """Predict each image and write ``out_dir/<name>``: boxes and masks drawn for detection
     (``score_thr`` applies), the class map blended over the image for segmentation."""
+    compat.install()
     cfg = load_config(config)
-    module = _task(cfg)(cfg)
-    load_weights(module, checkpoint)
+    # The checkpoint rebuilds the module (its weights and class names); the config given here
+    # decides the test pipeline and test mode.
+    module = task_module(cfg).load_from_checkpoint(checkpoint, map_location="cpu", config=cfg)
     model = module.model.eval()
-    if module.default_scope == "mmseg":
-        return _segment(model, cfg, images, Path(out_dir))
-    return _detect(model, cfg, images, Path(out_dir), score_thr)
+    if cfg.default_scope == "mmseg":
+        return _segment(model, cfg, module.dataset_meta, images, Path(out_dir))
+    return _detect(model, cfg, module.dataset_meta, images, Path(out_dir), score_thr)
 
 
 def _write_pictures(images: list[str], out_dir: Path, predict, draw) -> list[Path]:
@@ -66,16 +56,12 @@ def _write_pictures(images: list[str], out_dir: Path, predict, draw) -> list[Pat
     return written
 
 
-def _detect(model, cfg, images: list[str], out_dir: Path, score_thr: float) -> list[Path]:
+def _detect(model, cfg, meta: dict, images: list[str], out_dir: Path, score_thr: float
+            ) -> list[Path]:
     from mmdet.apis import inference_detector
     from mmdet.visualization import DetLocalVisualizer
 
     model.cfg = cfg  # inference_detector reads the test pipeline from here
-    dataset_cfg = cfg.test_dataloader.dataset
-    meta = dict(dataset_cfg.get("metainfo") or {})
-    if "classes" not in meta:
-        from mmdet.registry import DATASETS
-        meta = dict(DATASETS.get(dataset_cfg.type).METAINFO)
     model.dataset_meta = meta
     visualizer = DetLocalVisualizer(name=f"infer_{id(model)}")
     visualizer.dataset_meta = meta
@@ -86,19 +72,14 @@ def _detect(model, cfg, images: list[str], out_dir: Path, score_thr: float) -> l
             out_file=out))
 
 
-def _segment(model, cfg, images: list[str], out_dir: Path) -> list[Path]:
+def _segment(model, cfg, meta: dict, images: list[str], out_dir: Path) -> list[Path]:
     from mmseg.apis import inference_model
-    from mmseg.registry import DATASETS
     from mmseg.visualization import SegLocalVisualizer
 
     dataset_cfg = cfg.test_dataloader.dataset
     # inference_model builds `model.cfg.test_pipeline` (dropping LoadAnnotations): give it the
     # pipeline the test loader runs, whether or not the config also names it `test_pipeline`.
     model.cfg = Config(dict(test_pipeline=copy.deepcopy(dataset_cfg.pipeline)))
-    meta = {**DATASETS.get(dataset_cfg.type).METAINFO, **(dataset_cfg.get("metainfo") or {})}
-    if "classes" not in meta:
-        raise ValueError(f"no class names for {dataset_cfg.type}: set "
-                         "test_dataloader.dataset.metainfo=dict(classes=..., palette=...)")
     classes = list(meta["classes"])
     palette = meta.get("palette")
     if not palette or len(palette) != len(classes):  # a fixed colour per class

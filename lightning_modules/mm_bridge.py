@@ -6,19 +6,34 @@ The config is the single source of truth: ``model`` (with its ``data_preprocesso
 ``accumulative_counts``), ``param_scheduler`` and ``train_cfg`` (length, validation interval).
 Trainer flags only choose where and how the run happens.
 
+The path from a config to a training step::
+
+    load_config(path)            reads it once and enters its registry scope (``default_scope``)
+    build_task(cfg)              -> (DetectionModule | SegmentationModule, MMDataModule), the
+                                    module given the dataset's metadata by the data module
+    Trainer.fit(module, data)    setup('fit'): ``init_weights`` (pretrained files) unless resuming
+                                 configure_optimizers: mmengine's optimizer and schedulers,
+                                    stepped by Lightning (``lr_scheduler_step``)
+                                 training_step: data_preprocessor -> model(mode='loss')
+
 Mirrors mmengine's Runner where it matters for results: the optimizer comes from
-``build_optim_wrapper``; schedulers are built with ``epoch_length`` = batches per epoch and default
-``end`` from ``train_cfg``, stepped after every iteration (``by_epoch=False``) or epoch, as
-``ParamSchedulerHook`` does; the evaluator sees every validation sample once (mmengine's
-``collect_results`` undoes the interleaving and padding of distributed samplers).
+``build_optim_wrapper``; schedulers are built with ``epoch_length`` = optimizer steps per epoch and
+default ``end`` from ``train_cfg``, stepped after every optimizer step (``by_epoch=False``) or
+epoch, as ``ParamSchedulerHook`` does; the evaluator sees every validation sample once
+(mmengine's ``collect_results`` undoes the interleaving and padding of distributed samplers).
+
+A checkpoint holds the config (as a plain dict) and the dataset metadata, so
+``DetectionModule.load_from_checkpoint(path)`` rebuilds the module from the file alone.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import math
 import numbers
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -26,35 +41,67 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import Evaluator
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import (
-    FUNCTIONS,
-    MODELS,
-    PARAM_SCHEDULERS,
-    init_default_scope,
-)
+from mmengine.registry import FUNCTIONS, MODELS, PARAM_SCHEDULERS, init_default_scope
+from mmengine.utils import import_modules_from_strings
 from torch.utils.data import DataLoader
 
-from . import compat
-from .callbacks import check_resumed_checkpoint
+from .callbacks import CheckedStateLoading
 from .data_checks import build_checked_dataset
 from .distributed import scale_lr, total_batch_size
 
-compat.install()
+__all__ = ["MMDataModule", "MMModelModule", "build_task", "load_config", "task_module",
+           "trainer_settings"]
 
-__all__ = ["MMDataModule", "MMModelModule", "load_config", "trainer_settings"]
+SCOPES = ("mmdet", "mmseg")
 
 
-def load_config(config: str | os.PathLike | Config, cfg_options: dict | None = None) -> Config:
-    """Read an MM config (``_base_`` inheritance, ``custom_imports``) and apply overrides."""
+def load_config(config: str | os.PathLike | Mapping | Config,
+                cfg_options: dict | None = None) -> Config:
+    """The MM config from a file (``_base_`` inheritance, ``custom_imports``), a plain dict (as
+    checkpoints store it) or a ``Config`` (returned as is, not copied), with ``cfg_options``
+    merged; enters the config's registry scope, so that the ``type`` names of its model, data and
+    metrics resolve in mmdet's or mmseg's registries. The one place the scope is set."""
     if isinstance(config, Config):
-        cfg = copy.deepcopy(config)
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = Config(copy.deepcopy(dict(config)))
+        if cfg.get("custom_imports"):  # Config.fromfile does this for files
+            import_modules_from_strings(**cfg.custom_imports)
     else:
         if not os.path.isfile(config):
             raise FileNotFoundError(f"config file not found: {config}")
         cfg = Config.fromfile(str(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    scope = cfg.get("default_scope")
+    if scope not in SCOPES:
+        raise ValueError(f"the config's default_scope is {scope!r}; set default_scope='mmdet' "
+                         "(detection) or 'mmseg' (segmentation), e.g. by inheriting "
+                         "configs/_base_/default_runtime.py or seg_runtime.py")
+    init_default_scope(scope)
     return cfg
+
+
+def task_module(cfg: Config) -> type[MMModelModule]:
+    """The LightningModule class of a config's task, by its ``default_scope``."""
+    if cfg.default_scope == "mmseg":
+        from .segmentation import SegmentationModule
+        return SegmentationModule
+    from .detection import DetectionModule
+    return DetectionModule
+
+
+def build_task(config: str | os.PathLike | Mapping | Config, cfg_options: dict | None = None,
+               module_cls: type[MMModelModule] | None = None, eval_split: str = "val"
+               ) -> tuple[MMModelModule, MMDataModule]:
+    """The LightningModule of the config's task (``module_cls``, by default the one of its
+    ``default_scope``) and its data module, from one config. The module gets the
+    ``eval_split`` dataset's metadata (class names, palette) from the data module, which builds
+    (and checks) that dataset now: bad data fails before any model is built."""
+    cfg = load_config(config, cfg_options)
+    module_cls = module_cls or task_module(cfg)
+    data = MMDataModule(cfg)
+    return module_cls(cfg, dataset_meta=data.dataset_meta(eval_split)), data
 
 
 def trainer_settings(cfg: Config) -> dict[str, Any]:
@@ -82,40 +129,56 @@ def trainer_settings(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _registry_scope(cfg: Config, default: str) -> str:
-    scope = cfg.get("default_scope", default)
-    init_default_scope(scope)
-    return scope
+class MMModelModule(CheckedStateLoading, L.LightningModule):
+    """Training, validation and test loop of any MM model built from ``config.model``.
 
+    Args:
+        config: the MM config (file, plain dict or ``Config``); see :func:`load_config`.
+        dataset_meta: the evaluation dataset's ``metainfo`` (class names, palette), which the
+            metrics and pictures need; :func:`build_task` passes it in. Saved with checkpoints.
 
-class MMModelModule(L.LightningModule):
-    """Training, validation and test loop of any MM model built from ``cfg.model``.
+    ``task_scope``: the registry scope of the task ('mmdet' or 'mmseg'); a config of the other
+    task is refused. ``monitor``: the validation metric a task would select checkpoints by.
 
-    ``default_scope``: the registry scope when the config names none ('mmdet' or 'mmseg').
-    ``monitor``: the validation metric a task would select checkpoints by.
+    Pretrained weights (``init_cfg``) are loaded by ``init_weights`` in ``setup('fit')``, unless
+    the Trainer resumes (``trainer.ckpt_path`` set before ``fit``, as the training tool does):
+    testing or predicting from a checkpoint needs no pretrained file.
 
     The config's ``compile`` (mmengine's key: ``True`` or a dict of ``torch.compile`` arguments)
     compiles the backbone in place, the part whose cost grows with resolution; the heads' Python
     (sampling, assignment) stays eager, and parameter names (checkpoints) do not change.
     """
 
-    default_scope = "mmdet"
+    task_scope = "mmdet"
     monitor = ""
 
-    def __init__(self, config: str | os.PathLike | Config, cfg_options: dict | None = None):
+    def __init__(self, config: str | os.PathLike | Mapping | Config,
+                 dataset_meta: Mapping | None = None):
         super().__init__()
-        self.cfg = load_config(config, cfg_options)
-        self.scope = _registry_scope(self.cfg, self.default_scope)
+        self.cfg = load_config(config)
+        if self.cfg.default_scope != self.task_scope:
+            raise ValueError(f"{type(self).__name__} needs a {self.task_scope} config, got one "
+                             f"with default_scope={self.cfg.default_scope!r} (the other task's "
+                             "tool or checkpoint?)")
+        self.dataset_meta = dict(dataset_meta) if dataset_meta is not None else None
         self.model = MODELS.build(self.cfg.model)
-        self.model.init_weights()
         compile_cfg = self.cfg.get("compile")
         if compile_cfg:
             self.model.backbone.compile(**({} if compile_cfg is True else dict(compile_cfg)))
         self._evaluators: dict[str, Evaluator] = {}
-        self._schedulers: list = []
-        self._scheduler_states: list[dict] | None = None
-        # Saved with checkpoints so that a run can be inspected or rebuilt from them alone.
-        self.save_hyperparameters({"config": self.cfg.pretty_text})
+        self._initialised = False
+        # What rebuilds this module from a checkpoint alone (load_from_checkpoint).
+        self.save_hyperparameters({"config": self.cfg.to_dict(), "dataset_meta": self.dataset_meta})
+
+    def setup(self, stage: str) -> None:
+        # Once: a second fit on the same module continues from its weights.
+        if stage == "fit" and not self._initialised:
+            self._initialised = True
+            if self.trainer.ckpt_path is None:
+                self.model.init_weights()  # the heads' init, pretrained backbone files
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._initialised = True  # a checkpoint's weights: no init_weights over them later
 
     # ---- data ---------------------------------------------------------------------------
 
@@ -139,9 +202,10 @@ class MMModelModule(L.LightningModule):
                       batch_size=n)
         return loss
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> tuple[list, list[dict]]:
         optim_cfg = copy.deepcopy(self.cfg.optim_wrapper)
-        # Precision comes from the Trainer (--precision), accumulation from trainer_settings.
+        # Precision comes from the Trainer (--trainer.precision), accumulation from
+        # trainer_settings.
         optim_cfg["type"] = "OptimWrapper"
         for key in ("loss_scale", "dtype", "accumulative_counts"):
             optim_cfg.pop(key, None)
@@ -152,26 +216,18 @@ class MMModelModule(L.LightningModule):
             total_batch_size(self.trainer, per_process), enable=auto.get("enable", False),
             how_to_enable="--auto-scale-lr")
         optimizer = build_optim_wrapper(self.model, optim_cfg).optimizer
-        self._schedulers = self._build_schedulers(optimizer)
-        if self._scheduler_states is not None:  # resuming: see on_load_checkpoint
-            for sched, state in zip(self._schedulers, self._scheduler_states, strict=True):
-                sched.load_state_dict(state)
-            self._scheduler_states = None
-        return optimizer
+        # Lightning steps them (lr_scheduler_step), after the optimizer step and before any
+        # callback sees the batch end, and saves and restores their state with checkpoints.
+        schedulers = [{"scheduler": s, "interval": "epoch" if s.by_epoch else "step"}
+                      for s in self._build_schedulers(optimizer)]
+        return [optimizer], schedulers
 
     def _build_schedulers(self, optimizer) -> list:
         cfgs = self.cfg.get("param_scheduler") or []
         cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs)
-        if not cfgs:
-            return []
-        # Batches per epoch as the Trainer will run them (after any distributed sampler and
-        # limit_train_batches); the fit loop loads the train data here if it has not yet.
-        self.trainer.fit_loop.setup_data()
-        epoch_length = self.trainer.num_training_batches
-        if not 0 < epoch_length < float("inf"):
-            raise ValueError(f"cannot schedule by epoch: the train loader has {epoch_length} "
-                             "batches per epoch")
-        epoch_length = int(epoch_length)
+        default_args: dict[str, Any] = dict(optimizer=optimizer)
+        if any(c.get("convert_to_iter_based") for c in cfgs):
+            default_args["epoch_length"] = self._steps_per_epoch()
         train_cfg = self.cfg.get("train_cfg") or {}
         out = []
         for c in cfgs:
@@ -180,12 +236,21 @@ class MMModelModule(L.LightningModule):
             default_end = train_cfg.get("max_epochs") if by_epoch else train_cfg.get("max_iters")
             if default_end is not None:
                 c.setdefault("end", default_end)
-            out.append(PARAM_SCHEDULERS.build(
-                c, default_args=dict(optimizer=optimizer, epoch_length=epoch_length)))
+            out.append(PARAM_SCHEDULERS.build(c, default_args=dict(default_args)))
         return out
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [_StepMMSchedulers()]
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch as the Trainer will run them (distributed sampler,
+        ``limit_train_batches`` and accumulation included), for epoch-to-iteration schedules."""
+        total = self.trainer.estimated_stepping_batches  # sizes the train loader
+        epochs = self.trainer.max_epochs
+        if not epochs or epochs < 0 or not math.isfinite(total):
+            raise ValueError("convert_to_iter_based schedules need an epoch-based run with a "
+                             "finite train loader (train_cfg type EpochBasedTrainLoop)")
+        return max(1, int(total) // epochs)
+
+    def lr_scheduler_step(self, scheduler, metric=None) -> None:
+        scheduler.step()  # mmengine's schedulers take no epoch or metric argument
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         opt = self.optimizers(use_pl_optimizer=False)
@@ -200,23 +265,23 @@ class MMModelModule(L.LightningModule):
         elif gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mm_param_schedulers"] = [s.state_dict() for s in self._schedulers]
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_resumed_checkpoint(self, checkpoint)  # another config's checkpoint: one message
-        # Called before configure_optimizers on resume; applied once schedulers exist.
-        self._scheduler_states = checkpoint.get("mm_param_schedulers")
-
     # ---- evaluation -------------------------------------------------------------------------
+
+    def _loop_dataset(self, split: str):
+        loaders = self.trainer.val_dataloaders if split == "val" else self.trainer.test_dataloaders
+        return loaders.dataset
 
     def _evaluator(self, split: str) -> Evaluator:
         if split not in self._evaluators:
             cfg = self.cfg.get(f"{split}_evaluator")
             if cfg is None:
                 raise ValueError(f"the config has no {split}_evaluator")
+            if self.dataset_meta is None:
+                raise ValueError(f"{type(self).__name__} was built without dataset_meta, which "
+                                 "its metrics need: build it with build_task(config), or pass "
+                                 "dataset_meta=MMDataModule(config).dataset_meta('val')")
             evaluator = Evaluator(copy.deepcopy(cfg))
-            evaluator.dataset_meta = self.trainer.datamodule.dataset(split).metainfo
+            evaluator.dataset_meta = self.dataset_meta
             self._evaluators[split] = evaluator
         return self._evaluators[split]
 
@@ -231,7 +296,9 @@ class MMModelModule(L.LightningModule):
             for metric in evaluator.metrics:
                 metric.results.clear()
             return {}
-        metrics = evaluator.evaluate(len(self.trainer.datamodule.dataset(split)))
+        # The size of the dataset the loop ran, which mmengine needs to drop the samples that
+        # distributed samplers repeat.
+        metrics = evaluator.evaluate(len(self._loop_dataset(split)))
         # Every rank gets the same (broadcast) values from mmengine, so no further sync.
         # numbers.Real, not int | float: mmseg's IoUMetric returns numpy float32 scalars.
         self.log_dict({k: float(v) for k, v in metrics.items()
@@ -250,20 +317,13 @@ class MMModelModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
-
-class _StepMMSchedulers(L.Callback):
-    """Steps the module's MM schedulers after every batch (``by_epoch=False``) and after the
-    last batch of an epoch (``by_epoch=True``), as mmengine's ParamSchedulerHook does. A
-    callback, not module hooks: Lightning runs callbacks' ``on_train_batch_end`` before the
-    module's and ``ModelCheckpoint`` last, and validates (and checkpoints) at the end of an
-    epoch before ``on_train_epoch_end``; stepped there, a checkpoint would hold the schedule one
-    step or epoch behind the weights, and a resumed run would lag by that much."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        end_of_epoch = batch_idx + 1 == trainer.num_training_batches
-        for sched in pl_module._schedulers:
-            if not sched.by_epoch or end_of_epoch:
-                sched.step()
+    def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list:
+        """Predict a collated batch (as the config's test loader gives it): mmdet
+        ``DetDataSample``s with ``pred_instances``, or mmseg ``SegDataSample``s with
+        ``seg_logits`` and ``pred_sem_seg``, at each image's original size (segmentation: in
+        the current test mode)."""
+        data = self.model.data_preprocessor(batch, False)
+        return self.model(**data, mode="predict")
 
 
 class MMDataModule(L.LightningDataModule):
@@ -274,16 +334,23 @@ class MMDataModule(L.LightningDataModule):
     ``AspectRatioBatchSampler`` is not used (plain batches of the configured size).
     """
 
-    def __init__(self, config: str | os.PathLike | Config, cfg_options: dict | None = None,
-                 default_scope: str = "mmdet"):
+    def __init__(self, config: str | os.PathLike | Mapping | Config):
         super().__init__()
-        self.cfg = load_config(config, cfg_options)
-        self.default_scope = default_scope
+        self.cfg = load_config(config)
         self._datasets: dict[str, Any] = {}
+
+    def dataset_meta(self, split: str = "val") -> dict:
+        """The ``metainfo`` (class names, palette) of ``split``'s dataset, or of the first of
+        val / test / train that the config has, which the model's metrics and pictures need."""
+        order = [split] + [s for s in ("val", "test", "train") if s != split]
+        for name in order:
+            if self.cfg.get(f"{name}_dataloader"):
+                return dict(self.dataset(name).metainfo)
+        raise ValueError("the config has no train_dataloader, val_dataloader or "
+                         "test_dataloader to take the class names from")
 
     def dataset(self, split: str):
         if split not in self._datasets:
-            _registry_scope(self.cfg, self.default_scope)
             loader_cfg = self.cfg.get(f"{split}_dataloader")
             if loader_cfg is None:
                 raise ValueError(f"the config has no {split}_dataloader")
@@ -313,7 +380,6 @@ class MMDataModule(L.LightningDataModule):
         loader_cfg = ConfigDict(self.cfg[f"{split}_dataloader"])
         sampler = loader_cfg.get("sampler") or {}
         collate_cfg = loader_cfg.get("collate_fn", dict(type="pseudo_collate"))
-        _registry_scope(self.cfg, self.default_scope)
         collate = FUNCTIONS.get(collate_cfg["type"])
         if collate is None:
             raise ValueError(f"unknown collate_fn {collate_cfg['type']!r}")

@@ -27,10 +27,11 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 class SegmentationModule(MMModelModule):
     """An mmseg segmentor (UperNet, Semantic FPN, ...) trained and evaluated from its config."""
 
-    default_scope = "mmseg"
+    task_scope = "mmseg"
     monitor = "mIoU"
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         # The recipes use SyncBN for 8-GPU runs. torch's SyncBatchNorm only synchronises on
         # accelerators (it raises on CPU under DDP) and does nothing useful in one process, so,
         # as mmengine's Runner does when not distributed, it becomes plain BatchNorm there.
@@ -67,11 +68,3 @@ class SegmentationModule(MMModelModule):
                              "gaps")
         self.model.test_cfg = type(self.model.test_cfg)(mode="slide", crop_size=crop,
                                                         stride=step)
-
-    def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list:
-        """Segment a collated batch (as the config's test loader gives it) in the current test
-        mode; returns mmseg ``SegDataSample``s with ``seg_logits`` and ``pred_sem_seg`` at each
-        image's original size."""
-        data = self.model.data_preprocessor(batch, False)
-        return self.model(**data, mode="predict")
-

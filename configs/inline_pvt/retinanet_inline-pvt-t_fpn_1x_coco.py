@@ -14,7 +14,7 @@ pretrained = 'pretrained/inline_pvt_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='InLinePVT',
+        type='InLinePVTBackbone',
         arch='tiny',
         out_indices=(1, 2, 3),
         # Detection drop-path rates follow the sister repos' detection configs (InLine ships

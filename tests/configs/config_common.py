@@ -13,9 +13,10 @@ from mmengine.config import Config
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
-OUR_BACKBONES = {"InLineDeiT", "InLinePVT", "InLineSwin", "InLineCSwin", "L2ViT"}
-FAMILY_TYPE = {"inline-swin": "InLineSwin", "inline-pvt": "InLinePVT",
-               "inline-cswin": "InLineCSwin", "inline-deit": "InLineDeiT", "l2vit": "L2ViT"}
+FAMILY_TYPE = {"inline-swin": "InLineSwinBackbone", "inline-pvt": "InLinePVTBackbone",
+               "inline-cswin": "InLineCSwinBackbone", "inline-deit": "InLineDeiTBackbone",
+               "l2vit": "L2ViTBackbone"}
+OUR_BACKBONES = set(FAMILY_TYPE.values())
 FAMILY_DIR = {"inline-swin": "inline_swin", "inline-pvt": "inline_pvt",
               "inline-cswin": "inline_cswin", "inline-deit": "inline_deit", "l2vit": "l2vit"}
 SIZE_ARCH = {"t": "tiny", "s": "small", "m": "medium", "l": "large", "b": "base"}
@@ -73,6 +74,6 @@ def use_toolbox(scope: str) -> None:
     registrations, and ``scope`` as the default registry scope."""
     pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is not installed")
     pytest.importorskip(f"{scope}.models")
-    import heads.mm_models  # noqa: F401  (registers the backbones)
+    import heads.mm_backbones  # noqa: F401  (registers the backbones)
 
     importlib.import_module(f"{scope}.utils").register_all_modules(init_default_scope=True)

@@ -120,7 +120,7 @@ def test_expected_recipes_present():
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=IDS)
 def test_config_loads_with_our_backbone(path: Path):
     cfg = read_config(path)
-    assert "heads.mm_models" in cfg.custom_imports["imports"]
+    assert "heads.mm_backbones" in cfg.custom_imports["imports"]
     assert cfg.model.backbone.type in OUR_BACKBONES
     urls = [s for s in config_strings(cfg.to_dict()) if "://" in s]
     assert not urls, f"configs must not download anything: {urls}"
@@ -134,7 +134,7 @@ def test_recipe_says_what_its_name_says(path: Path):
     model, bb = cfg.model, cfg.model.backbone
 
     assert cfg.default_scope == "mmdet"
-    assert "heads.mm_models" in cfg.custom_imports["imports"]
+    assert "heads.mm_backbones" in cfg.custom_imports["imports"]
     assert model.type == {"mask-rcnn": "MaskRCNN", "retinanet": "RetinaNet"}[m["det"]]
     assert bb.type in OUR_BACKBONES
     assert bb.type == FAMILY_TYPE[m["family"]]

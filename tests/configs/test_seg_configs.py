@@ -114,7 +114,7 @@ def test_expected_recipes_present():
 def test_config_loads_with_our_backbone(path: Path):
     cfg = read_config(path)
     assert cfg.default_scope == "mmseg"
-    assert "heads.mm_models" in cfg.custom_imports["imports"]
+    assert "heads.mm_backbones" in cfg.custom_imports["imports"]
     assert cfg.model.type == "EncoderDecoder"
     assert cfg.model.backbone.type in OUR_BACKBONES
     urls = [s for s in config_strings(cfg.to_dict()) if "://" in s]

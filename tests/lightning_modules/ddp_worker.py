@@ -59,7 +59,7 @@ def grads(devices: int, batch: int, data: str, out: str) -> None:
 
 
 def _mm(task: str, root: str):
-    from lightning_modules.mm_bridge import MMDataModule, load_config
+    from lightning_modules.mm_bridge import build_task, load_config
 
     data = root.rstrip("/") + "/"
     opts = {f"{s}_dataloader.{k}": v for s in ("train", "val", "test")
@@ -74,8 +74,7 @@ def _mm(task: str, root: str):
     else:
         from lightning_modules.segmentation import SegmentationModule as Module
         cfg = load_config(SEG, opts)
-    module = Module(cfg)
-    return module, MMDataModule(cfg, default_scope=module.scope)
+    return build_task(cfg, module_cls=Module)
 
 
 def _image_index(sample) -> int:

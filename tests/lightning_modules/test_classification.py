@@ -168,9 +168,9 @@ def test_cli_fit_validate_predict_and_mm_pretrained(folder: Path, tmp_path: Path
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    import heads.mm_models  # noqa: F401
+    import heads.mm_backbones  # noqa: F401
     init_default_scope("mmdet")
-    backbone = MODELS.build(dict(type="InLinePVT", arch="tiny", out_indices=(0, 1, 2, 3),
+    backbone = MODELS.build(dict(type="InLinePVTBackbone", arch="tiny", out_indices=(0, 1, 2, 3),
                                  init_cfg=dict(type="Pretrained", checkpoint=str(last)),
                                  **{k: v for k, v in SMALL.items()}))
     backbone.init_weights()

@@ -14,7 +14,7 @@ from test_classification import SMALL
 from test_detection import DEMO, demo_cfg
 
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.cli import _load_config, train_parser
+from lightning_modules.cli import _config, train_parser
 from lightning_modules.demo_data import make_coco_demo
 from lightning_modules.detection import DetectionModule
 from lightning_modules.mm_bridge import MMDataModule
@@ -76,7 +76,7 @@ def test_mm_config_compile_compiles_the_backbone(coco_root: Path):
     assert compiled.model.roi_head._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(eager.state_dict())
 
-    data = MMDataModule(demo_cfg(coco_root), default_scope=eager.scope)
+    data = MMDataModule(demo_cfg(coco_root))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     losses = {}
@@ -89,8 +89,8 @@ def test_mm_config_compile_compiles_the_backbone(coco_root: Path):
 
 def test_compile_flag_sets_the_config_key():
     args = train_parser("detection").parse_args([str(DEMO), "--compile"])
-    assert _load_config(args).compile is True
+    assert _config(args).compile is True
     args = train_parser("detection").parse_args(
         [str(DEMO), "--compile", "--cfg-options", "compile.mode=max-autotune"])
-    assert _load_config(args).compile == {"mode": "max-autotune"}
-    assert "compile" not in _load_config(train_parser("detection").parse_args([str(DEMO)]))
+    assert _config(args).compile == {"mode": "max-autotune"}
+    assert "compile" not in _config(train_parser("detection").parse_args([str(DEMO)]))

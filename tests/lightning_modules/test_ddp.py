@@ -114,9 +114,9 @@ def test_mm_tools_train_on_two_processes(data, tmp_path, tool, config):
     opts += [f"{s}_dataloader.persistent_workers=False" for s in ("train", "val", "test")]
     opts += ["train_dataloader.batch_size=2"]
     work = tmp_path / "work"
-    proc = run(tool, config, "--work-dir", str(work), "--accelerator", "cpu", "--devices", "2",
-               "--strategy", "ddp", "--max-steps", "2", "--auto-scale-lr", "--cfg-options",
-               *opts)
+    proc = run(tool, config, "--work-dir", str(work), "--trainer.accelerator", "cpu",
+               "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
+               "--auto-scale-lr", "--cfg-options", *opts)
     ckpt = torch.load(work / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     # The scaling rule, printed at start: total batch 2 processes x 2 images.

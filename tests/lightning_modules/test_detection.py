@@ -10,11 +10,12 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-import heads.mm_models as mm
-from lightning_modules.cli import load_weights, train_main
+import heads.mm_backbones as mm
+import heads.mm_necks as necks
+from lightning_modules.cli import train_main
 from lightning_modules.demo_data import DEMO_DET_CLASSES, make_coco_demo
 from lightning_modules.detection import DetectionModule
-from lightning_modules.mm_bridge import MMDataModule, load_config, trainer_settings
+from lightning_modules.mm_bridge import build_task, load_config, trainer_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs/demo/mask-rcnn_inline-pvt-demo_fpn_demo-coco.py"
@@ -79,7 +80,7 @@ def test_pretrained_init_loads_classification_weights_and_reports_keys(tmp_path,
     src = timm.create_model("inline_pvt_tiny", depths=(1, 1, 1, 1), num_classes=5)
     ckpt = tmp_path / "cls.pth"
     torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}}, ckpt)
-    backbone = mm.InLinePVT(arch="tiny", depths=(1, 1, 1, 1),
+    backbone = mm.InLinePVTBackbone(arch="tiny", depths=(1, 1, 1, 1),
                             init_cfg=dict(type="Pretrained", checkpoint=str(ckpt)))
     backbone.init_weights()
     for name, p in backbone.model.state_dict().items():
@@ -97,7 +98,7 @@ def test_pretrained_init_reports_missing_keys(tmp_path, mm_log):
     sd["extra.weight"] = torch.zeros(1)
     ckpt = tmp_path / "partial.pth"
     torch.save(sd, ckpt)
-    mm.InLinePVT(arch="tiny", depths=(1, 1, 1, 1),
+    mm.InLinePVTBackbone(arch="tiny", depths=(1, 1, 1, 1),
                  init_cfg=dict(type="Pretrained", checkpoint=str(ckpt))).init_weights()
     out = "\n".join(mm_log)
     assert "missing keys" in out and "block2.0.attn.q.weight" in out
@@ -109,21 +110,21 @@ def test_pretrained_init_reports_a_checkpoint_of_another_variant(tmp_path):
                               num_heads=(1, 2, 4, 8), depths=(1, 1, 1, 1))
     ckpt = tmp_path / "other.pth"
     torch.save(other.state_dict(), ckpt)
-    backbone = mm.InLinePVT(arch="tiny", depths=(1, 1, 1, 1),
+    backbone = mm.InLinePVTBackbone(arch="tiny", depths=(1, 1, 1, 1),
                             init_cfg=dict(type="Pretrained", checkpoint=str(ckpt)))
     with pytest.raises(RuntimeError, match="does not match"):
         backbone.init_weights()
 
 
 def test_backbone_arguments_are_checked():
-    with pytest.raises(ValueError, match="unknown InLineSwin arch 'huge'"):
-        mm.InLineSwin(arch="huge")
+    with pytest.raises(ValueError, match="unknown InLineSwinBackbone arch 'huge'"):
+        mm.InLineSwinBackbone(arch="huge")
     with pytest.raises(ValueError, match="out_indices .* out of range"):
-        mm.L2ViT(arch="tiny", out_indices=(0, 4))
+        mm.L2ViTBackbone(arch="tiny", out_indices=(0, 4))
 
 
 def test_frozen_stages_freeze_stem_and_first_stages():
-    b = mm.InLineSwin(arch="tiny", depths=(1, 1, 1, 1), frozen_stages=1)
+    b = mm.InLineSwinBackbone(arch="tiny", depths=(1, 1, 1, 1), frozen_stages=1)
     b.train()
     grads = {n: p.requires_grad for n, p in b.model.named_parameters()}
     assert not grads["patch_embed.proj.weight"]
@@ -132,7 +133,8 @@ def test_frozen_stages_freeze_stem_and_first_stages():
     assert not b.model.layers[0].training and b.model.layers[1].training
 
 
-@pytest.mark.parametrize("family", ["InLinePVT", "InLineSwin", "L2ViT", "InLineDeiT"])
+@pytest.mark.parametrize("family", ["InLinePVTBackbone", "InLineSwinBackbone", "L2ViTBackbone",
+                                    "InLineDeiTBackbone"])
 def test_maps_reach_roi_align_as_dense_nchw(family):
     """mmcv's RoIAlign reads its input as dense NCHW whatever its strides: channels-last maps
     (what token layouts and LayerNorm2d give) came out scrambled, and Mask R-CNN's RoI heads
@@ -140,12 +142,12 @@ def test_maps_reach_roi_align_as_dense_nchw(family):
     bilinear resampling computed here with torch (grid_sample) from the same map."""
     from mmcv.ops import RoIAlign
 
-    small = (dict(depths=(1, 1, 1, 1)) if family != "InLineDeiT"
+    small = (dict(depths=(1, 1, 1, 1)) if family != "InLineDeiTBackbone"
              else dict(depth=2, out_indices=(1,)))
     backbone = getattr(mm, family)(arch="tiny", **small)
     feats = backbone(torch.randn(1, 3, 96, 128))
-    if family == "InLineDeiT":
-        feats = mm.SimplePyramidNeck(in_channels=192, out_channels=16)(feats)
+    if family == "InLineDeiTBackbone":
+        feats = necks.SimplePyramidNeck(in_channels=192, out_channels=16)(feats)
     assert all(f.is_contiguous() for f in feats)
     f = feats[0]
     # One RoI sampled at 1 x 1 bin centres = bilinear lookups at known points (aligned=True:
@@ -163,8 +165,8 @@ def test_maps_reach_roi_align_as_dense_nchw(family):
 
 
 def test_simple_pyramid_neck_for_deit():
-    backbone = mm.InLineDeiT(arch="tiny", depth=4, out_indices=(0, 1, 2, 3))
-    neck = mm.SimplePyramidNeck(in_channels=192, out_channels=32)
+    backbone = mm.InLineDeiTBackbone(arch="tiny", depth=4, out_indices=(0, 1, 2, 3))
+    neck = necks.SimplePyramidNeck(in_channels=192, out_channels=32)
     feats = neck(backbone(torch.randn(1, 3, 100, 130)))  # stride-16 grid 7 x 9
     assert [tuple(f.shape[1:]) for f in feats] == [(32, 28, 36), (32, 14, 18), (32, 7, 9),
                                                    (32, 4, 5)]
@@ -174,8 +176,7 @@ def test_simple_pyramid_neck_for_deit():
 
 def test_parameter_groups_and_schedule_follow_the_config(coco_root):
     cfg = demo_cfg(coco_root)
-    module = DetectionModule(cfg)
-    data = MMDataModule(cfg)
+    module, data = build_task(cfg)
     t = trainer(cfg, max_steps=3, limit_val_batches=0)
     t.fit(module, datamodule=data)
     opt = t.optimizers[0]
@@ -196,7 +197,7 @@ def test_parameter_groups_and_schedule_follow_the_config(coco_root):
 def test_ground_truth_as_predictions_scores_map_one(coco_root):
     """The evaluation wiring (dataset meta, rescaling, collection) on known answers."""
     cfg = demo_cfg(coco_root)
-    module = DetectionModule(cfg)
+    module, data = build_task(cfg)
 
     def predict_ground_truth(inputs, data_samples, rescale=True):
         for s in data_samples:
@@ -207,16 +208,16 @@ def test_ground_truth_as_predictions_scores_map_one(coco_root):
         return data_samples
 
     module.model.predict = predict_ground_truth
-    metrics = trainer(cfg).validate(module, datamodule=MMDataModule(cfg))[0]
+    metrics = trainer(cfg).validate(module, datamodule=data)[0]
     assert metrics["coco/bbox_mAP"] == pytest.approx(1.0)
     assert metrics["coco/segm_mAP"] == pytest.approx(1.0)
 
 
 def test_one_training_step_then_evaluation(coco_root):
     cfg = demo_cfg(coco_root, **{"train_cfg.max_epochs": 1, "train_cfg.val_interval": 1})
-    module = DetectionModule(cfg)
+    module, data = build_task(cfg)
     t = trainer(cfg, limit_train_batches=1, num_sanity_val_steps=0)
-    t.fit(module, datamodule=MMDataModule(cfg))
+    t.fit(module, datamodule=data)
     assert t.global_step == 1
     for key in ("coco/bbox_mAP", "coco/segm_mAP", "train/loss"):
         assert key in t.callback_metrics and torch.isfinite(t.callback_metrics[key])
@@ -227,7 +228,7 @@ def test_loss_falls_over_a_short_run(coco_root):
     cfg = demo_cfg(coco_root, **{"train_dataloader.dataset.pipeline.3.prob": 0.0,
                                  "param_scheduler": []})
     torch.manual_seed(0)
-    module = DetectionModule(cfg)
+    module, data = build_task(cfg)
     losses = []
 
     class Record(L.Callback):
@@ -236,7 +237,7 @@ def test_loss_falls_over_a_short_run(coco_root):
 
     t = trainer(cfg, max_steps=24, limit_train_batches=2, limit_val_batches=0,
                 callbacks=[Record()])
-    t.fit(module, datamodule=MMDataModule(cfg))
+    t.fit(module, datamodule=data)
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.7 * first, (first, last)
 
@@ -253,13 +254,24 @@ def test_train_tool_checkpoint_then_inference_pictures(coco_root, tmp_path):
         "train_cfg.max_epochs": 1, "train_cfg.val_interval": 1,
     }.items()]
     work = tmp_path / "work"
-    train_main(DetectionModule, [str(DEMO), "--work-dir", str(work), "--accelerator", "cpu",
-                                 "--limit-val-batches", "1", "--cfg-options", *opts])
+    trained = train_main(DetectionModule, [
+        str(DEMO), "--work-dir", str(work), "--trainer.accelerator", "cpu",
+        "--trainer.limit_val_batches", "1", "--cfg-options", *opts]).lightning_module
     ckpt = work / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (work / DEMO.name).is_file()
     assert list((work / "tensorboard").rglob("events*"))
     (csv,) = (work / "csv").rglob("metrics.csv")
     assert "coco/bbox_mAP" in csv.read_text().splitlines()[0]
+    # The checkpoint alone rebuilds the module (config, class names, weights): same predictions.
+    restored = DetectionModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    assert tuple(restored.dataset_meta["classes"]) == DEMO_DET_CLASSES
+    batch = next(iter(trained.trainer.datamodule.val_dataloader()))
+    trained.eval()
+    with torch.no_grad():
+        a, b = trained.predict_step(batch), restored.predict_step(batch)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
+        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
     from lightning_modules.inference import infer
 
     image = next((coco_root / "val2017").glob("*.jpg"))
@@ -269,6 +281,6 @@ def test_train_tool_checkpoint_then_inference_pictures(coco_root, tmp_path):
     (out,) = infer(cfg_path, ckpt, [str(image)], tmp_path / "pics", score_thr=0.0)
     assert Image.open(out).size == Image.open(image).size
     # A checkpoint from another model is refused with a clear message.
-    other = DetectionModule(demo_cfg(coco_root, **{"model.roi_head.bbox_head.num_classes": 7}))
-    with pytest.raises(RuntimeError, match="does not match the model of this config"):
-        load_weights(other, ckpt)
+    other = demo_cfg(coco_root, **{"model.roi_head.bbox_head.num_classes": 7})
+    with pytest.raises(RuntimeError, match="does not fit this model.*bbox_head.fc_cls.weight"):
+        DetectionModule.load_from_checkpoint(ckpt, map_location="cpu", config=other)

@@ -33,7 +33,7 @@ from lightning_modules.callbacks import (
 from lightning_modules.cli import train_main
 from lightning_modules.data_checks import BadSampleError, CheckedDataset
 from lightning_modules.demo_data import make_ade_demo, make_coco_demo, make_imagenet_demo
-from lightning_modules.mm_bridge import MMDataModule, load_config
+from lightning_modules.mm_bridge import MMDataModule, build_task, load_config
 from lightning_modules.segmentation import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,9 +116,10 @@ def epoch_runs(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("epochs")
     cfg = tmp / "epochs.py"
     cfg.write_text(EPOCH_CFG.format(base=SEG_DEMO))
-    args = [str(cfg), "--accelerator", "cpu", "--limit-val-batches", "1",
+    args = [str(cfg), "--trainer.accelerator", "cpu", "--trainer.limit_val_batches", "1",
             *cfg_options(seg_options(demo))]
-    train_main(SegmentationModule, [*args, "--work-dir", str(tmp / "run"), "--max-epochs", "2"])
+    train_main(SegmentationModule, [*args, "--work-dir", str(tmp / "run"),
+                                    "--trainer.max_epochs", "2"])
     stopped = torch.load(tmp / "run/checkpoints/last.ckpt", map_location="cpu",
                          weights_only=True)  # plain torch.load: tensors and built-ins only
     Resumed, Reference = recorder(SegmentationModule), recorder(SegmentationModule)
@@ -131,7 +132,7 @@ def epoch_runs(demo, tmp_path_factory):
 def test_an_epoch_checkpoint_holds_the_schedule_of_its_weights(epoch_runs):
     ckpt = epoch_runs["stopped"]
     assert (ckpt["global_step"], ckpt["epoch"]) == (4, 1)
-    warmup, multistep = ckpt["mm_param_schedulers"]
+    warmup, multistep = ckpt["lr_schedulers"]  # saved by Lightning
     # After 2 epochs both milestones have acted: lr 1e-3 (demo) x 0.1 x 0.1, in the scheduler
     # and in the optimizer state that a resumed run starts from.
     assert multistep["last_step"] == 2
@@ -301,7 +302,7 @@ def test_pipeline_errors_name_the_sample_files():
 
 def seg_data(data: Path, skip: bool = False) -> MMDataModule:
     cfg = load_config(SEG_DEMO, {**seg_options(data), "skip_bad_samples": skip})
-    return MMDataModule(cfg, default_scope="mmseg")
+    return MMDataModule(cfg)
 
 
 def test_a_label_map_of_another_size_names_both_files(data, caplog):
@@ -325,7 +326,7 @@ def test_a_label_map_of_another_size_names_both_files(data, caplog):
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     with caplog.at_level(logging.WARNING):
-        trainer.fit(SegmentationModule(cfg), datamodule=MMDataModule(cfg, default_scope="mmseg"))
+        trainer.fit(*build_task(cfg))
     assert trainer.global_step == 4
     assert info["seg_map_path"] in caplog.text
 
@@ -393,7 +394,7 @@ def test_a_worker_process_passes_the_named_error_on(data):
 # ---- bad configuration ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, message", [
-    ("model.backbone.arch=huge", "unknown InLinePVT arch 'huge'"),
+    ("model.backbone.arch=huge", "unknown InLinePVTBackbone arch 'huge'"),
     ("model.backbone.out_indices=(0,1,2,4)", r"out_indices \(0, 1, 2, 4\) out of range"),
     ("model.backbone.img_size=16", r"img_size is too small .* stage 4 .* at least 32"),
 ])
@@ -401,7 +402,7 @@ def test_bad_configuration_fails_before_training(demo, tmp_path, option, message
     work = tmp_path / "work"
     with pytest.raises(ValueError, match=message):
         train_main(SegmentationModule, [str(SEG_DEMO), "--work-dir", str(work),
-                                        "--accelerator", "cpu",
+                                        "--trainer.accelerator", "cpu",
                                         *cfg_options(seg_options(demo)), option])
     assert not (work / "checkpoints").exists()
 
@@ -503,7 +504,7 @@ def test_skipping_a_non_finite_loss_leaves_the_weights_and_goes_on():
 def test_the_mm_train_tool_stops_on_a_non_finite_loss(demo, tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 1 "):
         train_main(SegmentationModule, [
-            str(SEG_DEMO), "--work-dir", str(tmp_path), "--accelerator", "cpu",
+            str(SEG_DEMO), "--work-dir", str(tmp_path), "--trainer.accelerator", "cpu",
             *cfg_options({**seg_options(demo), "model.decode_head.loss_decode.loss_weight": "nan",
                           "train_cfg.max_iters": 2})])
 
@@ -596,10 +597,10 @@ def test_a_fixed_seed_gives_identical_cpu_runs(demo, tmp_path):
     def run(seed: int, name: str) -> list[float]:
         Recorded = recorder(SegmentationModule)
         train_main(Recorded, [str(SEG_DEMO), "--work-dir", str(tmp_path / name),
-                              "--accelerator", "cpu", "--seed", str(seed),
+                              "--trainer.accelerator", "cpu", "--seed", str(seed),
                               *cfg_options({**seg_options(demo), "train_cfg.max_iters": 3,
                                             "train_cfg.val_interval": 3}),
-                              "--limit-val-batches", "0"])
+                              "--trainer.limit_val_batches", "0"])
         return [loss for loss, _ in Recorded.steps.values()]
 
     first, second = run(0, "a"), run(0, "b")

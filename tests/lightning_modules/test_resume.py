@@ -116,8 +116,9 @@ def seg_args(ade_root: Path, work: Path) -> list[str]:
         opts.update({f"{split}_dataloader.dataset.data_root": str(ade_root),
                      f"{split}_dataloader.num_workers": 0,
                      f"{split}_dataloader.persistent_workers": False})
-    return [str(SEG_DEMO), "--work-dir", str(work), "--accelerator", "cpu",
-            "--limit-val-batches", "1", "--cfg-options", *[f"{k}={v}" for k, v in opts.items()]]
+    return [str(SEG_DEMO), "--work-dir", str(work), "--trainer.accelerator", "cpu",
+            "--trainer.limit_val_batches", "1",
+            "--cfg-options", *[f"{k}={v}" for k, v in opts.items()]]
 
 
 @pytest.mark.slow  # a child process (imports dominate) and two more runs
@@ -142,7 +143,7 @@ def test_segmentation_killed_mid_epoch_resumes_like_an_uninterrupted_run(ade_roo
     # The schedule is where it would be, step by step (warm-up to 2, poly decay to 0 at 8).
     assert Resumed.steps == {k: Reference.steps[k] for k in (5, 6, 7, 8)}
     assert Reference.steps[8] == 0.0 and Reference.steps[5] > Reference.steps[6] > 0
-    states = [[s.state_dict() for s in t.lightning_module._schedulers]
+    states = [[c.scheduler.state_dict() for c in t.lr_scheduler_configs]
               for t in (resumed, reference)]
     for a, b in zip(*states, strict=True):
         assert (a["last_step"], a["_global_step"], a["_last_value"]) == \
@@ -150,7 +151,7 @@ def test_segmentation_killed_mid_epoch_resumes_like_an_uninterrupted_run(ade_roo
     # What a third resume would start from: the final checkpoints agree too.
     ends = [load(w / "checkpoints" / "last.ckpt") for w in (work, tmp_path / "reference")]
     assert ends[0]["global_step"] == ends[1]["global_step"] == 8
-    assert ends[0]["mm_param_schedulers"] == ends[1]["mm_param_schedulers"]
+    assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]
 
 
 # ---- classification (LightningCLI, epoch checkpoints, per-step cosine schedule) ------------------

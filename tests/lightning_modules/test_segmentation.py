@@ -12,7 +12,7 @@ from PIL import Image
 
 from lightning_modules import cli
 from lightning_modules.demo_data import DEMO_SEG_CLASSES, make_ade_demo
-from lightning_modules.mm_bridge import MMDataModule, load_config, trainer_settings
+from lightning_modules.mm_bridge import MMDataModule, build_task, load_config, trainer_settings
 from lightning_modules.segmentation import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_demo_classes_match_the_generator():
 def test_demo_labels_follow_the_ade_convention(ade_root):
     """0 ('other') becomes 255 (ignored) and class k becomes k - 1, with no remapping by a
     150-class ADE20K label map (which ADE20KDataset would apply to these class names)."""
-    data = MMDataModule(demo_cfg(ade_root), default_scope="mmseg")
+    data = MMDataModule(demo_cfg(ade_root))
     dataset = data.dataset("val")
     assert dataset.metainfo["classes"] == DEMO_SEG_CLASSES
     raw = labels(ade_root, "validation")
@@ -81,7 +81,7 @@ def test_demo_labels_follow_the_ade_convention(ade_root):
 def test_missing_data_root_names_the_fix(tmp_path):
     cfg = load_config(DEMO, {"val_dataloader.dataset.data_root": str(tmp_path / "nowhere")})
     with pytest.raises(FileNotFoundError, match="val_dataloader.dataset.data_root=PATH"):
-        MMDataModule(cfg, default_scope="mmseg").dataset("val")
+        MMDataModule(cfg).dataset("val")
 
 
 # ---- evaluation on known answers ----------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_evaluation_on_known_predictions(ade_root, answer):
     scores are computed here from the PNG files: ground truth gives 100; predicting 'grass'
     everywhere gives IoU(grass) = grass pixels / labelled pixels and 0 for the other classes."""
     cfg = demo_cfg(ade_root)
-    module = SegmentationModule(cfg)
+    module, data = build_task(cfg)
     grass = DEMO_SEG_CLASSES.index("grass")
 
     def predict(inputs, data_samples):
@@ -103,7 +103,7 @@ def test_evaluation_on_known_predictions(ade_root, answer):
         return data_samples
 
     module.model.predict = predict
-    metrics = trainer(cfg).validate(module, datamodule=MMDataModule(cfg, default_scope="mmseg"))
+    metrics = trainer(cfg).validate(module, datamodule=data)
     metrics = metrics[0]
     if answer == "ground_truth":
         assert metrics["mIoU"] == pytest.approx(100.0)
@@ -126,10 +126,10 @@ def test_one_training_step_then_evaluation(ade_root):
     cfg = demo_cfg(ade_root, **{"train_cfg.max_iters": 1, "train_cfg.val_interval": 1,
                                 "train_dataloader.batch_size": 2,
                                 "model.decode_head.norm_cfg.type": "SyncBN"})
-    module = SegmentationModule(cfg)
+    module, data = build_task(cfg)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
     t = trainer(cfg, num_sanity_val_steps=0)
-    t.fit(module, datamodule=MMDataModule(cfg, default_scope="mmseg"))
+    t.fit(module, datamodule=data)
     assert t.global_step == 1
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
     for key in ("mIoU", "mAcc", "aAcc", "train/loss", "train/decode.loss_ce"):
@@ -142,7 +142,7 @@ def test_loss_falls_over_a_short_run(ade_root):
     cfg = demo_cfg(ade_root, **{"train_dataloader.dataset.pipeline.4.prob": 0.0,
                                 "train_dataloader.batch_size": 4, "param_scheduler": []})
     torch.manual_seed(0)
-    module = SegmentationModule(cfg)
+    module, data = build_task(cfg)
     losses = []
 
     class Record(L.Callback):
@@ -150,7 +150,7 @@ def test_loss_falls_over_a_short_run(ade_root):
             losses.append(float(outputs["loss"]))
 
     t = trainer(cfg, max_steps=20, limit_val_batches=0, callbacks=[Record()])
-    t.fit(module, datamodule=MMDataModule(cfg, default_scope="mmseg"))
+    t.fit(module, datamodule=data)
     assert len(losses) == 20
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.6 * first, (first, last)
@@ -162,16 +162,38 @@ def test_tools_train_test_and_draw(ade_root, tmp_path):
     opts = [f"{k}={v}" for k, v in {**data_options(ade_root), "train_cfg.max_iters": 2,
                                      "train_cfg.val_interval": 2,
                                      "train_dataloader.batch_size": 2}.items()]
+    # Started from a pretrained backbone file (init_cfg); config file and pretrained file are
+    # deleted after training.
+    pretrained, config = tmp_path / "backbone.pth", tmp_path / "seg_config.py"
+    backbone = build_task(demo_cfg(ade_root))[0].model.backbone.model
+    torch.save({"state_dict": {k: v + 0.01 for k, v in backbone.state_dict().items()}},
+               pretrained)
+    cfg = demo_cfg(ade_root)
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(pretrained))
+    cfg.dump(str(config))
     work = tmp_path / "work"
-    cli.train_main(SegmentationModule, [str(DEMO), "--work-dir", str(work), "--accelerator", "cpu",
-                                    "--cfg-options", *opts])
+    trained = cli.train_main(SegmentationModule, [
+        str(config), "--work-dir", str(work), "--trainer.accelerator", "cpu",
+        "--cfg-options", *opts]).lightning_module.eval()
     ckpt = work / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (work / "checkpoints" / "iter_2.ckpt").is_file()
+    pretrained.unlink()
+    config.unlink()
+    # The checkpoint alone rebuilds the module (config, class names, weights), without the
+    # config file or the pretrained file: same logits.
+    restored = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    assert tuple(restored.dataset_meta["classes"]) == DEMO_SEG_CLASSES
+    batch = next(iter(MMDataModule(restored.cfg).val_dataloader()))
+    with torch.no_grad():
+        a, b = trained.predict_step(batch), restored.predict_step(batch)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x.seg_logits.data, y.seg_logits.data)
     (csv,) = (work / "csv").rglob("metrics.csv")
     assert {"mIoU", "mAcc", "aAcc"} <= set(csv.read_text().splitlines()[0].split(","))
 
-    metrics = cli.test_main(SegmentationModule, [str(DEMO), str(ckpt), "--accelerator", "cpu",
-                                             "--cfg-options", *opts])
+    metrics = cli.test_main(SegmentationModule, [str(DEMO), str(ckpt),
+                                                 "--trainer.accelerator", "cpu",
+                                                 "--cfg-options", *opts])
     assert {"mIoU", "mAcc", "aAcc"} <= set(metrics)
 
     from lightning_modules.inference import infer

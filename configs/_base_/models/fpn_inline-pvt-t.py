@@ -6,7 +6,7 @@
 # `init_cfg=dict(type='Pretrained', ...)`.
 
 # Registers InLineDeiT / InLinePVT / InLineSwin / InLineCSwin / L2ViT in mmseg's MODELS registry.
-custom_imports = dict(imports=['heads.mm_models'], allow_failed_imports=False)
+custom_imports = dict(imports=['heads.mm_backbones', 'heads.mm_necks'], allow_failed_imports=False)
 
 # ImageNet-1K weights: a local file that you download yourself from the official release
 # (github.com/LeapLabTHU/InLine). Set `init_cfg=None` in `model.backbone` to train from scratch.
@@ -30,7 +30,7 @@ model = dict(
         seg_pad_val=255),
     pretrained=None,
     backbone=dict(
-        type='InLinePVT',
+        type='InLinePVTBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # As PVT's Semantic FPN backbones (whai362/PVT segmentation): 0.1 for every size.

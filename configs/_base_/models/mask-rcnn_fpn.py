@@ -7,7 +7,7 @@
 # backbones load ImageNet weights from local files through `init_cfg=dict(type='Pretrained', ...)`.
 
 # Registers InLineDeiT / InLinePVT / InLineSwin / InLineCSwin / L2ViT in mmdet's MODELS registry.
-custom_imports = dict(imports=['heads.mm_models'], allow_failed_imports=False)
+custom_imports = dict(imports=['heads.mm_backbones', 'heads.mm_necks'], allow_failed_imports=False)
 
 model = dict(
     type='MaskRCNN',
@@ -19,7 +19,7 @@ model = dict(
         pad_size_divisor=32,
         pad_mask=True),
     backbone=dict(  # placeholder: replaced by every child config
-        type='InLineSwin',
+        type='InLineSwinBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,

@@ -10,7 +10,7 @@ pretrained = 'pretrained/inline_cswin_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='InLineCSwin',
+        type='InLineCSwinBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # Detection drop-path rates: InLine and CSwin ship no detection configs; T 0.2 /

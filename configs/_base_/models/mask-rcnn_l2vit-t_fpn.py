@@ -10,7 +10,7 @@ pretrained = 'pretrained/l2vit_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='L2ViT',
+        type='L2ViTBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # Detection drop-path rates follow the official L2ViT detection configs:

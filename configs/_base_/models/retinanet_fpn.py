@@ -11,7 +11,7 @@
 # Nothing is downloaded: no `torchvision://` / `open-mmlab://` initialisation anywhere.
 
 # Registers InLineDeiT / InLinePVT / InLineSwin / InLineCSwin / L2ViT in mmdet's MODELS registry.
-custom_imports = dict(imports=['heads.mm_models'], allow_failed_imports=False)
+custom_imports = dict(imports=['heads.mm_backbones', 'heads.mm_necks'], allow_failed_imports=False)
 
 model = dict(
     type='RetinaNet',
@@ -23,7 +23,7 @@ model = dict(
         pad_size_divisor=32,
         pad_mask=True),
     backbone=dict(  # placeholder: replaced by every child config
-        type='InLinePVT',
+        type='InLinePVTBackbone',
         arch='tiny',
         out_indices=(1, 2, 3),
         drop_path_rate=0.1,

@@ -9,7 +9,7 @@
 # `init_cfg=dict(type='Pretrained', ...)`.
 
 # Registers InLineDeiT / InLinePVT / InLineSwin / InLineCSwin / L2ViT in mmseg's MODELS registry.
-custom_imports = dict(imports=['heads.mm_models'], allow_failed_imports=False)
+custom_imports = dict(imports=['heads.mm_backbones', 'heads.mm_necks'], allow_failed_imports=False)
 
 # SyncBN as in the multi-GPU recipes; the Lightning module reverts it to BN in single-process
 # and CPU runs (as mmengine's Runner does when not distributed).
@@ -29,7 +29,7 @@ model = dict(
         seg_pad_val=255),
     pretrained=None,
     backbone=dict(  # placeholder: replaced by every family base
-        type='InLineSwin',
+        type='InLineSwinBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,

@@ -10,7 +10,7 @@ pretrained = 'pretrained/inline_cswin_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='InLineCSwin',
+        type='InLineCSwinBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # Segmentation drop-path rates follow CSwin's own UperNet configs (InLine ships none):

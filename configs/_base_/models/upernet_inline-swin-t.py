@@ -10,7 +10,7 @@ pretrained = 'pretrained/inline_swin_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='InLineSwin',
+        type='InLineSwinBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # Segmentation drop-path rates follow Swin's UperNet configs (InLine ships none):

@@ -10,7 +10,7 @@ pretrained = 'pretrained/l2vit_t.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='L2ViT',
+        type='L2ViTBackbone',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         # As the official L2ViT segmentation configs (upernet_l2vit_*_512x512_160k_ade20k.py):

@@ -1,10 +1,11 @@
-"""Registration of the backbones and necks with MMDetection and MMSegmentation.
+"""The five backbone families as MMDetection / MMSegmentation backbones.
 
-Configs reach this module through ``custom_imports=dict(imports=['heads.mm_models'])``. Each
-family is a thin adapter around the timm model: build it by ``arch`` (the same builders as
-``timm.create_model``), return the multi-scale tuple with one LayerNorm per output level (as the
-L2ViT downstream code does), load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` through
-the family's checkpoint filter, and freeze ``frozen_stages``.
+Configs reach this module through ``custom_imports=dict(imports=['heads.mm_backbones'])`` and
+name a class as ``type`` (``InLinePVTBackbone``, ...). Each class is a thin adapter around the
+timm model (``TimmBackbone``): build it by ``arch`` (the same builders as ``timm.create_model``),
+return the multi-scale tuple with one LayerNorm per output level (as the L2ViT downstream code
+does), load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` through the family's checkpoint
+filter, and freeze ``frozen_stages``. Each is registered once in both toolboxes' ``MODELS``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,7 @@ from torch import nn
 from backbones import inline_cswin, inline_deit, inline_pvt, inline_swin, l2vit
 from backbones._helpers import load_checkpoint
 
-from .simple_pyramid import LayerNorm2d, SimpleFeaturePyramid
-
-
-def _register(cls):
-    """Register in both toolboxes under the class name (one config type for both)."""
-    MMDET_MODELS.register_module(module=cls, force=True)
-    MMSEG_MODELS.register_module(module=cls, force=True)
-    return cls
+from .simple_pyramid import LayerNorm2d
 
 
 class TimmBackbone(BaseModule):
@@ -132,24 +126,50 @@ class TimmBackbone(BaseModule):
         return tuple(f.contiguous() for f in feats)
 
 
-def _family(name: str, family: str, module) -> type:
-    cls = type(name, (TimmBackbone,), {"family": family,
-                                       "filter_fn": staticmethod(module.checkpoint_filter_fn),
-                                       "__doc__": f"{family}_* as an MM backbone."})
-    return _register(cls)
+@MMDET_MODELS.register_module()
+@MMSEG_MODELS.register_module()
+class InLineDeiTBackbone(TimmBackbone):
+    """``inline_deit_*`` (one stride-16 map per output index, a block each)."""
+
+    family = "inline_deit"
+    filter_fn = staticmethod(inline_deit.checkpoint_filter_fn)
 
 
-InLineDeiT = _family("InLineDeiT", "inline_deit", inline_deit)
-InLinePVT = _family("InLinePVT", "inline_pvt", inline_pvt)
-InLineSwin = _family("InLineSwin", "inline_swin", inline_swin)
-InLineCSwin = _family("InLineCSwin", "inline_cswin", inline_cswin)
-L2ViT = _family("L2ViT", "l2vit", l2vit)
+@MMDET_MODELS.register_module()
+@MMSEG_MODELS.register_module()
+class InLinePVTBackbone(TimmBackbone):
+    """``inline_pvt_*``: four stages, strides 4 to 32."""
+
+    family = "inline_pvt"
+    filter_fn = staticmethod(inline_pvt.checkpoint_filter_fn)
 
 
-# The neck needs no MM-specific initialisation: register the torch module as it is.
-SimplePyramidNeck = _register(type("SimplePyramidNeck", (SimpleFeaturePyramid,), {
-    "__doc__": "``SimpleFeaturePyramid`` (ViTDet) registered as an MM neck."}))
+@MMDET_MODELS.register_module()
+@MMSEG_MODELS.register_module()
+class InLineSwinBackbone(TimmBackbone):
+    """``inline_swin_*``: four stages, strides 4 to 32."""
+
+    family = "inline_swin"
+    filter_fn = staticmethod(inline_swin.checkpoint_filter_fn)
 
 
-__all__ = ["InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin", "L2ViT", "SimplePyramidNeck",
-           "TimmBackbone"]
+@MMDET_MODELS.register_module()
+@MMSEG_MODELS.register_module()
+class InLineCSwinBackbone(TimmBackbone):
+    """``inline_cswin_*``: four stages, strides 4 to 32."""
+
+    family = "inline_cswin"
+    filter_fn = staticmethod(inline_cswin.checkpoint_filter_fn)
+
+
+@MMDET_MODELS.register_module()
+@MMSEG_MODELS.register_module()
+class L2ViTBackbone(TimmBackbone):
+    """``l2vit_*``: four stages, strides 4 to 32."""
+
+    family = "l2vit"
+    filter_fn = staticmethod(l2vit.checkpoint_filter_fn)
+
+
+__all__ = ["InLineCSwinBackbone", "InLineDeiTBackbone", "InLinePVTBackbone",
+           "InLineSwinBackbone", "L2ViTBackbone", "TimmBackbone"]
