@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark suite: speed and memory against resolution (see backbones/benchmark.py).
+"""Benchmark suite: speed and memory against resolution (see the benchmarks package).
 
     python tools/benchmark.py --models inline_swin_tiny swin_tiny_patch4_window7_224 \
         --sizes 224 512 1024 2048 --mode infer --batch 1 --out results.json --plot plot.png
@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from backbones.benchmark import build_parser, check_args
-from backbones.benchmark import main as model_main
+from benchmarks.cli import build_parser, check_args
+from benchmarks.cli import main as model_main
 
 
 def main(argv: list[str] | None = None):
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None):
     args = ap.parse_args(argv)
     check_args(ap, args)
     if args.mode == "det-step":  # MM and Lightning are imported only for this mode
-        from lightning_modules.benchmark import det_step_main
+        from benchmarks.det_step import det_step_main
         return det_step_main(args, argv)
     return model_main(argv, args)
 

@@ -12,7 +12,7 @@ import argparse
 import timm
 
 import backbones  # noqa: F401  (registers the models)
-from backbones.flops import count_flops, count_params
+from benchmarks.flops import count_flops, count_params
 
 # Variant -> (resolution of the paper's FLOPs, official params (M), official GMACs)
 PAPER = {

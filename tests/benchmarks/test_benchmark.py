@@ -1,4 +1,5 @@
-"""tools/benchmark.py works: records with every field, the guards, the plot (no timing checks)."""
+"""tools/benchmark.py (the benchmarks package) works: records with every field, the guards, the
+plot (no timing checks)."""
 
 import json
 import runpy
@@ -11,9 +12,11 @@ import timm
 import torch
 
 from backbones import attention as A
-from backbones import benchmark as B
+from benchmarks import cli, measure, suite
+from benchmarks import workloads as W
+from benchmarks.flops import count_flops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = "(1,1,1,1)"
 MODELS = [f"inline_swin_tiny:embed_dim=16,depths={TINY},num_heads={TINY}",
           f"swin_tiny_patch4_window7_224:embed_dim=16,depths={TINY},num_heads={TINY}"]
@@ -52,8 +55,7 @@ def test_tool_two_tiny_models_two_sizes(tmp_path, capsys):
         assert r["images_per_s"] == pytest.approx(1e3 / r["latency_ms"])
         assert r["mem_kind"] == "cpu_rss_growth" and r["peak_mem_mb"] >= 0
     # FLOPs against the family's own counter on real tensors; they grow with pixels.
-    from backbones.flops import count_flops
-    model = B.build_model(B.parse_model_spec(MODELS[0]), 96)
+    model = W.build_model(W.parse_model_spec(MODELS[0]), 96)
     assert recs[2]["gflops"] == pytest.approx(count_flops(model, (96, 96)) / 1e9, rel=1e-3)
     assert recs[2]["gflops"] > 1.5 * recs[0]["gflops"]
     assert png.stat().st_size > 10_000
@@ -68,37 +70,37 @@ def test_tool_two_tiny_models_two_sizes(tmp_path, capsys):
 def test_isolated_train_job_and_budgets(tmp_path):
     """Through the worker subprocess (train mode, bf16 autocast); then the guards: a job over
     the time limit is killed, predicted-too-slow and predicted-out-of-memory jobs do not run."""
-    spec = B.parse_model_spec(MODELS[0])
-    jobs = B.model_jobs([spec], [64], mode="train", precision="bf16-mixed", runs=1,
+    spec = W.parse_model_spec(MODELS[0])
+    jobs = suite.model_jobs([spec], [64], mode="train", precision="bf16-mixed", runs=1,
                         grad_checkpointing=True, malloc="keep")
-    (rec,) = B.run_suite(jobs, budget_s=60)
+    (rec,) = suite.run_suite(jobs, budget_s=60)
     assert rec["status"] == "ok", rec.get("reason")
     assert rec["mode"] == "train" and rec["peak_mem_mb"] > 0 and rec["latency_ms"] > 0
-    assert rec["glibc_tunables"] == B.MALLOC["keep"] and rec["page_faults"] >= 0
+    assert rec["glibc_tunables"] == suite.MALLOC["keep"] and rec["page_faults"] >= 0
 
-    (killed,) = B.run_suite(jobs, budget_s=0.01, startup_s=0.2)
+    (killed,) = suite.run_suite(jobs, budget_s=0.01, startup_s=0.2)
     assert killed["status"] == "too_slow" and "killed after" in killed["reason"]
 
-    jobs = B.model_jobs([spec], [64, 512], runs=1)
-    small, big = B.run_suite(jobs, budget_s=1e-3, isolate=False)
+    jobs = suite.model_jobs([spec], [64, 512], runs=1)
+    small, big = suite.run_suite(jobs, budget_s=1e-3, isolate=False)
     assert small["status"] == "ok"
     assert big["status"] == "too_slow" and big["estimate_s"] > 1e-3 and "budget" in big["reason"]
     # Predictions scale time by FLOPs and memory by pixels.
     prev = dict(small, latency_ms=1000.0, peak_mem_mb=100.0)
     job = dict(big, warmup=1)
-    slow = B.guard(prev, job, budget_s=10, mem_budget_mb=None)
+    slow = suite.guard(prev, job, budget_s=10, mem_budget_mb=None)
     assert slow["estimate_s"] == pytest.approx(2 * big["gflops"] / small["gflops"], rel=1e-2)
-    oom = B.guard(prev, job, budget_s=1e6, mem_budget_mb=1000)
+    oom = suite.guard(prev, job, budget_s=1e6, mem_budget_mb=1000)
     assert oom["status"] == "out_of_memory" and oom["estimate_mb"] == 6400
-    assert B.guard(prev, job, budget_s=1e6, mem_budget_mb=1e5) is None
+    assert suite.guard(prev, job, budget_s=1e6, mem_budget_mb=1e5) is None
 
 
 def test_oom_in_the_worker_is_a_record(monkeypatch):
     def boom(job, device):
         raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
-    monkeypatch.setattr(B, "_model_job", boom)
-    job = B.model_jobs([B.parse_model_spec(MODELS[0])], [64])[0]
-    rec = B.run_job(dict(job, budget_s=1))
+    monkeypatch.setattr(measure, "_model_job", boom)
+    job = suite.model_jobs([W.parse_model_spec(MODELS[0])], [64])[0]
+    rec = measure.run_job(dict(job, budget_s=1))
     assert rec["status"] == "out_of_memory" and "allocate" in rec["reason"]
 
 
@@ -120,35 +122,35 @@ def test_op_mode(tmp_path):
     assert inline["gflops"] < softmax["gflops"]
 
 
-@pytest.mark.parametrize("op", B.OPS)
+@pytest.mark.parametrize("op", W.OPS)
 def test_ops_compute_attention(op):
     """Each timed op is the attention it names (against the kernels the models use)."""
     torch.manual_seed(0)
     b, n, c, h, hw = 2, 49, 16, 2, (7, 7)
     qkv = torch.randn(b, n, 3 * c)
-    out = B.make_op(op, h, hw, b, c, torch.device("cpu"))(qkv)
+    out = W.make_op(op, h, hw, b, c, torch.device("cpu"))(qkv)
     assert out.shape == (b, n, c)
     q, k, v = qkv.view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
     if op in ("softmax", "window"):  # one 7 x 7 window is the whole map here
         ref = torch.softmax(q @ k.transpose(-2, -1) * (c // h) ** -0.5, -1) @ v
-        torch.testing.assert_close(out, B._merge(ref), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out, W._merge(ref), atol=1e-5, rtol=1e-4)
     elif op == "linear":
-        torch.testing.assert_close(out, B._merge(A.plain_linear_attention(q.relu(), k.relu(), v)))
+        torch.testing.assert_close(out, W._merge(A.plain_linear_attention(q.relu(), k.relu(), v)))
     elif op == "inline":  # the fused op equals the unfused form (same random 3x3 kernels)
         torch.manual_seed(1)
-        fused = B.make_op(op, h, hw, b, c, torch.device("cpu"))(qkv)
+        fused = W.make_op(op, h, hw, b, c, torch.device("cpu"))(qkv)
         torch.manual_seed(1)
-        unfused = B.make_op("inline_unfused", h, hw, b, c, torch.device("cpu"))(qkv)
+        unfused = W.make_op("inline_unfused", h, hw, b, c, torch.device("cpu"))(qkv)
         torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_arguments_name_the_fix(capsys):
     with pytest.raises(ValueError, match="unknown timm model 'nope'"):
-        B.parse_model_spec("nope")
+        W.parse_model_spec("nope")
     with pytest.raises(ValueError, match="not key=value"):
-        B.parse_model_spec("inline_swin_tiny:depths")
+        W.parse_model_spec("inline_swin_tiny:depths")
     with pytest.raises(ValueError, match="not a square"):
-        B.op_jobs(["inline"], [1000])
+        suite.op_jobs(["inline"], [1000])
     for argv, msg in ((["--sizes", "64"], "give --models"),
                       (["--models", "inline_swin_tiny", "--op"], "separate call"),
                       (["--mode", "det-step"], "needs --config"),
@@ -158,7 +160,7 @@ def test_bad_arguments_name_the_fix(capsys):
         with pytest.raises(SystemExit):
             run_tool(*argv)
         assert msg in capsys.readouterr().err
-    assert B.parse_model_spec("inline_swin_tiny:attn_types=SSSS,global_softmax=True").kwargs == \
+    assert W.parse_model_spec("inline_swin_tiny:attn_types=SSSS,global_softmax=True").kwargs == \
         {"attn_types": "SSSS", "global_softmax": True}
 
 
@@ -180,11 +182,11 @@ def test_suite_script_commands_are_valid(device, tmp_path, monkeypatch):
     outs, models = set(), set()
     for argv in calls:
         assert argv[0] == "tools/benchmark.py"
-        ap = B.build_parser()
+        ap = cli.build_parser()
         args = ap.parse_args(argv[1:])
-        B.check_args(ap, args)
+        cli.check_args(ap, args)
         assert args.device == device
-        models |= {B.parse_model_spec(spec).name for spec in args.models}
+        models |= {W.parse_model_spec(spec).name for spec in args.models}
         outs.add(Path(args.out).name)
     precisions = ["32", "bf16-mixed", "16-mixed"] if device == "cuda" else ["32"]
     expected = {f"{device}_{s}.json" for s in ["infer_families_32", "train_swin_32",
