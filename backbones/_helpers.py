@@ -1,5 +1,5 @@
-"""Helpers shared by the family files: argument checks, weight init, the timm classifier API,
-model building, checkpoints and position embeddings.
+"""Helpers shared by the family files: argument checks, weight init, the block runner, the timm
+classifier API, model building, checkpoints and position embeddings.
 
 Each family file keeps its own model class and timm registration; what lives here is only what
 was written out identically in several of them, so that a fix lands in every family at once.
@@ -7,13 +7,15 @@ was written out identically in several of them, so that a fix lands in every fam
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table, trunc_normal_
 from timm.models import build_model_with_cfg
 from torch import nn
@@ -22,17 +24,18 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "ClassifierMixin",
     "build_backbone",
-    "check_common_args",
     "check_global_pool",
+    "check_model_args",
     "check_output_fmt",
+    "default_cfg",
     "init_weights_trunc_normal",
     "load_checkpoint",
-    "maybe_checkpoint",
     "pad_to_multiple",
     "pos_embed_for_grid",
     "read_checkpoint",
     "resize_pos_embed_to",
     "resize_rel_pos_tables",
+    "run_blocks",
     "safe_torch_load",
     "to_pair",
     "trusted_checkpoints",
@@ -62,16 +65,50 @@ def check_output_fmt(output_fmt: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"output_fmt must be {_alternatives(allowed)}, got {output_fmt!r}")
 
 
-def check_common_args(global_pool: str, allowed_pools: Sequence[str], *,
-                      num_classes: int | None = None, drop_rate: float = 0.0,
-                      attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
-    """The ``__init__`` checks every family makes, in one order (pool, classes, rates), so that a
-    bad argument fails at construction with a clear message rather than deep in a forward.
+def check_model_args(global_pool: str, allowed_pools: Sequence[str], *, num_classes: int,
+                     drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                     drop_path_rate: float = 0.0,
+                     per_stage: Mapping[str, Sequence[Any]] | None = None,
+                     num_stages: int | None = None,
+                     positive_ints: Mapping[str, int | Sequence[int]] | None = None,
+                     positive: Mapping[str, float | Sequence[float]] | None = None,
+                     widths: Sequence[int] = (), heads: Sequence[int] = ()) -> None:
+    """The ``__init__`` checks of every family, so that a bad argument fails at construction with
+    a message that names it rather than deep in a forward. In this order:
 
-    ``num_classes=None`` skips the class-count check (families that check it elsewhere or not).
+    - ``per_stage``: sequences with one entry per stage, all as long as the first (or as
+      ``num_stages`` for a family with a fixed number of stages);
+    - ``positive_ints``: ints (or sequences of them) that must be >= 1;
+    - ``positive``: numbers (or sequences of them) that must be > 0;
+    - ``widths`` / ``heads``: each stage's width divisible by its number of heads;
+    - the pooling, ``num_classes >= 0`` and the dropout / drop-path rates in [0, 1).
     """
+    per_stage = dict(per_stage or {})
+    if per_stage:
+        (first, ref), *_ = per_stage.items()
+        n = len(ref) if num_stages is None else num_stages
+        for name, seq in per_stage.items():
+            if len(seq) != n or not n:
+                expected = (f"the model has {n} stages" if num_stages is not None
+                            else f"{first} has {n} stages")
+                raise ValueError(f"{name} has {len(seq)} entries, {expected} (one entry per "
+                                 f"stage, at least one stage)")
+    for name, v in (positive_ints or {}).items():
+        values = v if isinstance(v, Sequence) else (v,)
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 1
+                   for i in values):
+            raise ValueError(f"{name} must be a positive int" + (" per stage" if values is v
+                                                                 else "") + f", got {v!r}")
+    for name, v in (positive or {}).items():
+        values = v if isinstance(v, Sequence) else (v,)
+        if not all(isinstance(x, numbers.Real) and x > 0 for x in values):
+            raise ValueError(f"{name} must be > 0, got {v!r}")
+    for i, (w, h) in enumerate(zip(widths, heads, strict=True)):
+        if w % h:
+            where = f"stage {i}: " if len(widths) > 1 else ""
+            raise ValueError(f"{where}width {w} is not divisible by num_heads {h}")
     check_global_pool(global_pool, allowed_pools)
-    if num_classes is not None and num_classes < 0:
+    if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
                     ("drop_path_rate", drop_path_rate)):
@@ -102,17 +139,24 @@ def init_weights_trunc_normal(m: nn.Module, std: float = 0.02,
         nn.init.zeros_(m.bias)
 
 
-def maybe_checkpoint(enabled: bool, block: nn.Module, *args: Any) -> torch.Tensor:
-    """``block(*args)``, through non-reentrant activation checkpointing when ``enabled`` (never
-    while scripting, which cannot trace ``checkpoint``)."""
-    if enabled and not torch.jit.is_scripting():
-        return checkpoint(block, *args, use_reentrant=False)
-    return block(*args)
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, *args: Any,
+               checkpointing: bool = False) -> torch.Tensor:
+    """The block runner of every family: ``x = block(x, *args)`` for each block in turn.
+
+    With ``checkpointing`` (timm's ``set_grad_checkpointing``) each block runs through
+    non-reentrant activation checkpointing while gradients are recorded: its activations are
+    recomputed in backward instead of kept. Not while scripting, which cannot trace it.
+    """
+    checkpointing = checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+    for blk in blocks:
+        x = checkpoint(blk, x, *args, use_reentrant=False) if checkpointing else blk(x, *args)
+    return x
 
 
 class ClassifierMixin:
-    """timm's ``get_classifier`` / ``reset_classifier`` / ``set_grad_checkpointing`` for a model
-    with a linear ``head`` on ``num_features`` pooled features.
+    """timm's ``forward`` (``forward_features`` then ``forward_head``), ``get_classifier`` /
+    ``reset_classifier`` / ``set_grad_checkpointing`` for a model with a linear ``head`` on
+    ``num_features`` pooled features.
 
     Per family: ``global_pools`` (the poolings its ``forward_head`` implements) and
     ``reinit_head`` (re-apply the official init to a new head, as the official CSwin does;
@@ -127,6 +171,9 @@ class ClassifierMixin:
     num_classes: int
     global_pool: str
     grad_checkpointing: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -145,6 +192,15 @@ class ClassifierMixin:
                      else nn.Identity())
         if self.reinit_head:
             init_weights_trunc_normal(self.head)
+
+
+def default_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
+    """A variant's timm pretrained config: an ImageNet-1k classifier (``head``) at 224 x 224,
+    bicubic, ImageNet mean / std; no download URL (the official weights are local files, loaded
+    through the family's filter). ``kwargs`` override."""
+    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+            "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD, "first_conv": first_conv, "classifier": "head", **kwargs}
 
 
 def build_backbone(model_cls: type[_M], variant: str, pretrained: bool,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,13 @@ __all__ = [
     "L2ViTLinearAttention",
     "LePEAttention",
     "LocalConcentrationModule",
+    "LocalResidualPredictor",
     "WindowAttention",
+    "global_linear_attention",
     "injective_linear_attention",
     "inline_attention",
     "l2vit_linear_attention",
+    "local_residual",
     "parse_attention_types",
     "plain_linear_attention",
     "predicted_local_residual",
@@ -235,6 +239,38 @@ def predicted_local_residual(v: torch.Tensor, kernels: torch.Tensor) -> torch.Te
     return out
 
 
+def local_residual(v_grid: torch.Tensor, kernels: torch.Tensor, num_prefix_tokens: int = 0
+                   ) -> torch.Tensor:
+    """The predicted 3x3 residual on V's (B, C, H, W) grid, as (B, P + H*W, C) tokens with zeros
+    on the P = ``num_prefix_tokens`` tokens outside the grid."""
+    res = predicted_local_residual(v_grid, kernels).flatten(2).transpose(1, 2)
+    return F.pad(res, (0, 0, num_prefix_tokens, 0)) if num_prefix_tokens else res
+
+
+def global_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                            hw: tuple[int, int], kernels: torch.Tensor | None = None,
+                            injective: bool = True, num_prefix_tokens: int = 0,
+                            v_grid: torch.Tensor | None = None) -> torch.Tensor:
+    """InLine's global attention on (B, N, C) q, k, v, with the predicted local residual when
+    ``kernels`` (B, C, 3, 3) are given; returns (B, N, C), ready for ``proj``.
+
+    ``injective``: the InLine op (``inline_attention``; q and k already mapped by its feature
+    map). Otherwise, for the ablation without it and for plain linear attention, the row-sum
+    normaliser on ReLU features (it needs them non-negative) plus ``local_residual`` on
+    ``v_grid``, V's (B, C, H, W) grid if the caller has made it already (else made here).
+    """
+    if injective:
+        return inline_attention(q, k, v, num_heads, kernels, hw, num_prefix_tokens)
+    b, n, c = q.shape
+    qh, kh, vh = (t.view(b, n, num_heads, c // num_heads).transpose(1, 2) for t in (q, k, v))
+    out = plain_linear_attention(F.relu(qh), F.relu(kh), vh).transpose(1, 2).reshape(b, n, c)
+    if kernels is not None:
+        if v_grid is None:
+            v_grid = v[:, num_prefix_tokens:].transpose(1, 2).reshape(b, c, hw[0], hw[1])
+        out = out + local_residual(v_grid, kernels, num_prefix_tokens)
+    return out
+
+
 def _pad_hw(x: torch.Tensor, mult_h: int, mult_w: int) -> tuple[torch.Tensor, int, int]:
     """Zero-pad a (B, H, W, C) map at the bottom/right to multiples of (mult_h, mult_w)."""
     _, h, w, _ = x.shape
@@ -304,6 +340,24 @@ _KERNELS = {
 _KERNEL_ALIASES = {"leakyrelu": "leaky_relu"}  # the official config spelling
 
 
+class LocalResidualPredictor(nn.Sequential):
+    """InLine's predictor of the local residual (``residual.{0,2}`` in the official checkpoints):
+    two head-grouped 1x1 convolutions map the tokens' mean to one 3x3 depthwise kernel per
+    (sample, channel). Called as a module: (B, C, 1) means -> (B, 9C, 1)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(
+            nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads),
+            nn.GELU(),
+            nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads),
+        )
+
+    def kernels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, C, 3, 3) kernels, predicted from their mean over N."""
+        b, _, c = tokens.shape
+        return self(tokens.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
+
+
 class GlobalAttention(nn.Module):
     """Global attention over all tokens: InLine, plain linear or softmax.
 
@@ -351,12 +405,16 @@ class GlobalAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         if mode == "inline" and self.local:
-            # Predicts one 3x3 depthwise kernel per (sample, channel) from the token mean.
-            self.residual = nn.Sequential(
-                nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads),
-                nn.GELU(),
-                nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads),
-            )
+            self.residual = LocalResidualPredictor(dim, num_heads)
+
+    @classmethod
+    def for_block(cls, dim: int, num_heads: int, attn_type: str, inline_injective: bool = True,
+                  inline_local: bool = True, **kwargs: Any) -> GlobalAttention:
+        """The attention of a block of type ``attn_type`` (a mode): the model-wide InLine ablation
+        switches go to the InLine blocks only (the other modes reject them)."""
+        ablation = (dict(injective=inline_injective, local=inline_local)
+                    if attn_type == "inline" else {})
+        return cls(dim, num_heads, mode=attn_type, **ablation, **kwargs)
 
     def _phi(self, t: torch.Tensor) -> torch.Tensor:
         return _KERNELS[self.kernel](t)
@@ -375,34 +433,19 @@ class GlobalAttention(nn.Module):
             k, v = self.kv(x).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
-        if self.mode == "inline" and self.injective:
+        if self.mode == "softmax":
+            out = softmax_attention(self._heads(q), self._heads(k), self._heads(v),
+                                    dropout_p=self.attn_drop if self.training else 0.0)
+            out = out.transpose(1, 2).reshape(b, n, c)
+        else:
             kernels = None
             if self.local:
-                src = x if mean_source is None else mean_source
-                kernels = self.residual(src.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
-            out = inline_attention(self._phi(q), self._phi(k), v, self.num_heads, kernels, hw,
-                                   self.num_prefix_tokens)
-            return self.proj_drop(self.proj(out))
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if self.mode == "softmax":
-            out = softmax_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        else:
-            out = plain_linear_attention(self._phi(q), self._phi(k), v)
-        out = out.transpose(1, 2).reshape(b, n, c)
-        if self.mode == "inline" and self.local:
-            out = out + self.local_residual(x if mean_source is None else mean_source, v, hw)
+                kernels = self.residual.kernels(x if mean_source is None else mean_source)
+            if self.injective:
+                q, k = self._phi(q), self._phi(k)
+            out = global_linear_attention(q, k, v, self.num_heads, hw, kernels, self.injective,
+                                          self.num_prefix_tokens)
         return self.proj_drop(self.proj(out))
-
-    def local_residual(self, mean_source: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]
-                       ) -> torch.Tensor:
-        """The predicted 3x3 residual on V's grid, as (B, N, C) with zeros on prefix tokens."""
-        b, _, n, _ = v.shape
-        c = self.num_heads * self.head_dim
-        p = self.num_prefix_tokens
-        kernels = self.residual(mean_source.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
-        grid = v[:, :, p:].transpose(1, 2).reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
-        res = predicted_local_residual(grid, kernels).flatten(2).transpose(1, 2)
-        return F.pad(res, (0, 0, p, 0)) if p else res
 
 
 class WindowAttention(nn.Module):

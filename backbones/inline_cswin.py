@@ -24,11 +24,10 @@ image is padded to a multiple of 4 so an H x W input gives maps of ceil(H / stri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -38,10 +37,9 @@ from torch import nn
 from . import _helpers
 from .attention import (
     LePEAttention,
-    inline_attention,
+    LocalResidualPredictor,
+    global_linear_attention,
     parse_attention_types,
-    plain_linear_attention,
-    predicted_local_residual,
 )
 
 __all__ = ["CSwinBlock", "ConvStem", "InLineBranch", "InLineCSwin", "MergeBlock",
@@ -117,41 +115,21 @@ class InLineBranch(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
         self.injective = mode == "inline" and injective
         self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
-        if mode == "inline" and local:
-            # Predicts one 3x3 depthwise kernel per (sample, channel) from a token mean.
-            self.residual = nn.Sequential(
-                nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads),
-                nn.GELU(),
-                nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads),
-            )
-        else:
-            self.residual = None
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        self.residual = (LocalResidualPredictor(dim, num_heads) if mode == "inline" and local
+                         else None)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int],
                 mean_source: torch.Tensor) -> torch.Tensor:
         """``mean_source``: (B, N, C) tokens whose mean predicts the local kernels (the official
         code uses the block input before ``norm1``)."""
-        b, n, c = q.shape
-        kernels = None
-        if self.residual is not None:
-            kernels = self.residual(mean_source.mean(dim=1).unsqueeze(-1)).view(b, c, 3, 3)
+        kernels = self.residual.kernels(mean_source) if self.residual is not None else None
+        # One map of V for LePE and the residual, made before the attention: autograd then sums
+        # V's gradients in the order of the released code, equal to the last bit.
         v_map = _to_map(v, hw)
-        if self.injective:
-            out = inline_attention(q, k, v, self.num_heads, kernels, hw)
-        else:
-            qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
-            out = plain_linear_attention(F.relu(qh), F.relu(kh), vh)
-            out = out.transpose(1, 2).reshape(b, n, c)
-            if kernels is not None:
-                out = out + _to_tokens(predicted_local_residual(v_map, kernels))
+        out = global_linear_attention(q, k, v, self.num_heads, hw, kernels, self.injective,
+                                      v_grid=v_map)
         return out + _to_tokens(self.get_v(v_map))
 
 
@@ -238,20 +216,16 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
                  inline_injective: bool = True, inline_local: bool = True):
         super().__init__()
         depths, num_heads, split_size = list(depths), list(num_heads), list(split_size)
-        for name, seq in (("depths", depths), ("num_heads", num_heads),
-                          ("split_size", split_size)):
-            if len(seq) != _NUM_STAGES or any(int(v) != v or v < 1 for v in seq):
-                raise ValueError(f"{name} must be {_NUM_STAGES} positive integers, got {seq}")
-        if embed_dim < 1 or in_chans < 1 or num_classes < 0 or mlp_ratio <= 0:
-            raise ValueError("embed_dim and in_chans must be >= 1, num_classes >= 0, "
-                             "mlp_ratio > 0")
-        _helpers.check_common_args(global_pool, self.global_pools, drop_rate=drop_rate,
-                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
-        types = parse_attention_types(attn_types, depths)
         dims = [embed_dim * 2 ** i for i in range(_NUM_STAGES)]
-        for i, (dim, heads) in enumerate(zip(dims, num_heads, strict=True)):
-            if dim % heads:
-                raise ValueError(f"stage {i}: width {dim} is not divisible by num_heads {heads}")
+        _helpers.check_model_args(
+            global_pool, self.global_pools, num_classes=num_classes, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            per_stage=dict(depths=depths, num_heads=num_heads, split_size=split_size),
+            num_stages=_NUM_STAGES,
+            positive_ints=dict(in_chans=in_chans, embed_dim=embed_dim, depths=depths,
+                               num_heads=num_heads, split_size=split_size),
+            positive=dict(mlp_ratio=mlp_ratio), widths=dims, heads=num_heads)
+        types = parse_attention_types(attn_types, depths)
 
         self.img_size = img_size
         self.num_classes = num_classes
@@ -307,23 +281,18 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
             ],
         )
 
-    def _run_stage(self, i: int, x: torch.Tensor, hw: tuple[int, int]
-                   ) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _forward_stage(self, i: int, x: torch.Tensor, hw: tuple[int, int]
+                       ) -> tuple[torch.Tensor, tuple[int, int]]:
         if i > 0:
             x, hw = getattr(self, f"merge{i}")(x, hw)
-        for blk in getattr(self, f"stage{i + 1}"):
-            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
+        x = _helpers.run_blocks(getattr(self, f"stage{i + 1}"), x, hw,
+                                checkpointing=self.grad_checkpointing)
         return x, hw
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs at strides 4/8/16/32 (``norm`` applies the final norm to the last
         stage only, as timm does); returns the list, or (final NCHW map, list)."""
         _helpers.check_output_fmt(output_fmt, ("NCHW", "NHWC"))
@@ -335,7 +304,7 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
         intermediates = []
         x, hw = self.stage1_conv_embed(x)
         for i in range(num_run):
-            x, hw = self._run_stage(i, x, hw)
+            x, hw = self._forward_stage(i, x, hw)
             if i in take_indices:
                 y = self.norm(x) if norm and i == _NUM_STAGES - 1 else x
                 y = _to_map(y, hw)
@@ -364,7 +333,7 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
         """(B, C, H, W) image -> normalised (B, C_4, ceil(H/32), ceil(W/32)) map."""
         x, hw = self.stage1_conv_embed(x)
         for i in range(self._num_stages_kept):
-            x, hw = self._run_stage(i, x, hw)
+            x, hw = self._forward_stage(i, x, hw)
         return _to_map(self.norm(x), hw)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -373,9 +342,6 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
         else:
             x = x.permute(0, 2, 3, 1)  # unpooled: per-position logits, NHWC
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: InLineCSwin
@@ -399,14 +365,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: InLineCSwin
     return out
 
 
-def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
-        "crop_pct": 0.9, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stage1_conv_embed.0", "classifier": "head", "license": "mit",
-        **kwargs,
-    }
+_cfg = partial(_helpers.default_cfg, "stage1_conv_embed.0", fixed_input_size=False,
+               license="mit")
 
 
 default_cfgs = generate_default_cfgs({

@@ -15,54 +15,16 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from . import _helpers
 from .attention import GlobalAttention, parse_attention_types
+from .layers import PatchEmbed, TokenBlock
 
 __all__ = ["InLineDeiT", "checkpoint_filter_fn"]
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection; the image is zero-padded (bottom/right) to a multiple of
-    the patch size so that an H x W input gives a ceil(H/p) x ceil(W/p) grid."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
-        hw = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), hw
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; the attention gets the grid of the patch tokens (cls first)."""
-
-    def __init__(self, dim: int, num_heads: int, attn_type: str = "inline", mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, norm_layer=nn.LayerNorm, inline_injective: bool = True,
-                 inline_local: bool = True):
-        super().__init__()
-        # injective / local are the InLine ablation switches; other modes reject them.
-        ablation = (dict(injective=inline_injective, local=inline_local)
-                    if attn_type == "inline" else {})
-        self.norm1 = norm_layer(dim)
-        self.attn = GlobalAttention(dim, num_heads, mode=attn_type, qkv_bias=qkv_bias,
-                                    attn_drop=attn_drop, proj_drop=drop, num_prefix_tokens=1,
-                                    **ablation)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
@@ -84,13 +46,12 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
                  drop_path_rate: float = 0.1):
         super().__init__()
         img_size = _helpers.to_pair(img_size, "img_size")
-        if not isinstance(patch_size, int) or patch_size <= 0:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if not isinstance(depth, int) or depth <= 0:
-            raise ValueError(f"depth must be a positive int, got {depth!r}")
-        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
-                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                                   drop_path_rate=drop_path_rate)
+        _helpers.check_model_args(
+            global_pool, self.global_pools, num_classes=num_classes, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            positive_ints=dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                               depth=depth, num_heads=num_heads),
+            positive=dict(mlp_ratio=mlp_ratio), widths=(embed_dim,), heads=(num_heads,))
         if not isinstance(attn_types, str):
             raise ValueError(f"attn_types must be a string of letters I/L/S, got {attn_types!r}")
         # DeiT is a single stage: the spec is one letter for all blocks or one per block.
@@ -106,7 +67,7 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, flatten=True)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(
             torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
@@ -114,10 +75,11 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
         # Stochastic depth decay rule (plain Python so the model also builds on the meta device).
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, attn_type=types[i], mlp_ratio=mlp_ratio,
-                  qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                  drop_path=dpr[i], norm_layer=norm_layer, inline_injective=inline_injective,
-                  inline_local=inline_local)
+            TokenBlock(embed_dim, GlobalAttention.for_block(
+                embed_dim, num_heads, types[i], inline_injective, inline_local,
+                qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                num_prefix_tokens=1),  # the cls token: in N and the mean, not in the 3x3 conv
+                mlp_ratio, drop=drop_rate, drop_path=dpr[i], norm_layer=norm_layer)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -152,14 +114,10 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.pos_drop(x + self._pos_embed_for(hw)), hw
 
-    def _block(self, blk: Block, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> normed tokens (B, 1 + ceil(H/16) * ceil(W/16), C), cls first."""
         x, hw = self._embed(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, hw)
+        x = _helpers.run_blocks(self.blocks, x, hw, checkpointing=self.grad_checkpointing)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -168,9 +126,6 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
         elif self.global_pool == "token":
             x = x[:, 0]
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
                               norm: bool = False, stop_early: bool = False,
@@ -185,7 +140,7 @@ class InLineDeiT(_helpers.ClassifierMixin, nn.Module):
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = self._block(blk, x, (h, w))
+            x = _helpers.run_blocks((blk,), x, (h, w), checkpointing=self.grad_checkpointing)
             if i in take_indices:
                 y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]
                 if output_fmt == "NCHW":
@@ -236,11 +191,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineDeiT:
                                    (3, 5, 7, 11), **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
-    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
-            "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
-            "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
-            **kwargs}
+_cfg = partial(_helpers.default_cfg, "patch_embed.proj")
 
 
 default_cfgs = generate_default_cfgs({

@@ -18,32 +18,16 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from . import _helpers
 from .attention import GlobalAttention, parse_attention_types, softmax_attention
+from .layers import PatchEmbed, TokenBlock
 
 __all__ = ["InLinePVT", "checkpoint_filter_fn"]
-
-class PatchEmbed(nn.Module):
-    """Strided conv + LayerNorm (eps 1e-5: the official patch embedding does not take the blocks'
-    norm layer). The input is zero-padded to a multiple of the stride, so H x W -> ceil(H/s) x
-    ceil(W/s)."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
-        hw = (x.shape[-2], x.shape[-1])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
 class SpatialReductionAttention(GlobalAttention):
@@ -71,34 +55,6 @@ class SpatialReductionAttention(GlobalAttention):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block on the tokens of one stage (grid ``hw``)."""
-
-    def __init__(self, dim: int, num_heads: int, attn_type: str = "inline", mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, sr_ratio: int = 1, norm_layer=nn.LayerNorm,
-                 inline_injective: bool = True, inline_local: bool = True):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        if attn_type == "softmax" and sr_ratio > 1:
-            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias=qkv_bias,
-                                                  attn_drop=attn_drop, proj_drop=drop)
-        else:
-            # injective / local are the InLine ablation switches; other modes reject them.
-            ablation = (dict(injective=inline_injective, local=inline_local)
-                        if attn_type == "inline" else {})
-            self.attn = GlobalAttention(dim, num_heads, mode=attn_type, qkv_bias=qkv_bias,
-                                        attn_drop=attn_drop, proj_drop=drop, split_kv=True,
-                                        **ablation)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class InLinePVT(_helpers.ClassifierMixin, nn.Module):
     """Four-stage pyramid (strides 4/8/16/32) with per-stage learned position embeddings.
 
@@ -119,20 +75,15 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1):
         super().__init__()
         img_size = _helpers.to_pair(img_size, "img_size")
-        if not isinstance(patch_size, int) or patch_size <= 0:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        _helpers.check_model_args(
+            global_pool, self.global_pools, num_classes=num_classes, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            per_stage=dict(depths=depths, embed_dims=embed_dims, num_heads=num_heads,
+                           mlp_ratios=mlp_ratios, sr_ratios=sr_ratios),
+            positive_ints=dict(patch_size=patch_size, in_chans=in_chans, depths=depths,
+                               embed_dims=embed_dims, num_heads=num_heads, sr_ratios=sr_ratios),
+            positive=dict(mlp_ratios=mlp_ratios), widths=embed_dims, heads=num_heads)
         num_stages = len(depths)
-        for name, seq in (("embed_dims", embed_dims), ("num_heads", num_heads),
-                          ("mlp_ratios", mlp_ratios), ("sr_ratios", sr_ratios)):
-            if len(seq) != num_stages:
-                raise ValueError(f"{name} has {len(seq)} entries, depths has {num_stages} stages")
-        if any(not isinstance(d, int) or d <= 0 for d in depths):
-            raise ValueError(f"depths must be positive ints, got {tuple(depths)}")
-        if any(not isinstance(r, int) or r <= 0 for r in sr_ratios):
-            raise ValueError(f"sr_ratios must be positive ints, got {tuple(sr_ratios)}")
-        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
-                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                                   drop_path_rate=drop_path_rate)
         types = parse_attention_types(attn_types, depths)
 
         self.num_classes = num_classes
@@ -156,18 +107,18 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
         cur = 0
         for i in range(num_stages):
             gh, gw = self.grid_sizes[i]
+            # LayerNorm eps 1e-5: the official patch embedding does not take the blocks' norm.
             setattr(self, f"patch_embed{i + 1}", PatchEmbed(
                 patch_size if i == 0 else 2, in_chans if i == 0 else embed_dims[i - 1],
-                embed_dims[i]))
+                embed_dims[i], norm=True, flatten=True))
             setattr(self, f"pos_embed{i + 1}",
                     nn.Parameter(torch.zeros(1, gh * gw, embed_dims[i])))
             setattr(self, f"pos_drop{i + 1}", nn.Dropout(drop_rate))
             setattr(self, f"block{i + 1}", nn.ModuleList([
-                Block(embed_dims[i], num_heads[i], attn_type=types[i][j],
-                      mlp_ratio=mlp_ratios[i], qkv_bias=qkv_bias, drop=drop_rate,
-                      attn_drop=attn_drop_rate, drop_path=dpr[cur + j], sr_ratio=sr_ratios[i],
-                      norm_layer=norm_layer, inline_injective=inline_injective,
-                      inline_local=inline_local)
+                TokenBlock(embed_dims[i], self._attention(
+                    embed_dims[i], num_heads[i], types[i][j], sr_ratios[i], qkv_bias, drop_rate,
+                    attn_drop_rate, inline_injective, inline_local),
+                    mlp_ratios[i], drop=drop_rate, drop_path=dpr[cur + j], norm_layer=norm_layer)
                 for j in range(depths[i])]))
             cur += depths[i]
         self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
@@ -175,6 +126,19 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
         self.feature_info = [dict(num_chs=embed_dims[i], reduction=patch_size * 2 ** i,
                                   module=f"block{i + 1}") for i in range(num_stages)]
         self._init_weights()
+
+    @staticmethod
+    def _attention(dim: int, num_heads: int, attn_type: str, sr_ratio: int, qkv_bias: bool,
+                   drop: float, attn_drop: float, inline_injective: bool, inline_local: bool
+                   ) -> GlobalAttention:
+        """A block's attention: PVT's spatial reduction for softmax blocks with sr > 1 (the
+        official baseline), else global attention over the whole stage map."""
+        if attn_type == "softmax" and sr_ratio > 1:
+            return SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias=qkv_bias,
+                                             attn_drop=attn_drop, proj_drop=drop)
+        return GlobalAttention.for_block(dim, num_heads, attn_type, inline_injective,
+                                         inline_local, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                                         proj_drop=drop, split_kv=True)
 
     def _init_weights(self) -> None:
         for i in range(self.num_stages):
@@ -202,28 +166,25 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
         return _helpers.pos_embed_for_grid(getattr(self, f"pos_embed{i + 1}"),
                                            self.grid_sizes[i], hw, num_prefix_tokens=0)
 
-    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def _forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_i, ceil(H/s), ceil(W/s)) through stage ``i``."""
         b = x.shape[0]
         x, hw = getattr(self, f"patch_embed{i + 1}")(x)
         x = getattr(self, f"pos_drop{i + 1}")(x + self._pos_embed_for(i, hw))
-        for blk in getattr(self, f"block{i + 1}"):
-            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x, hw)
+        x = _helpers.run_blocks(getattr(self, f"block{i + 1}"), x, hw,
+                                checkpointing=self.grad_checkpointing)
         return x.transpose(1, 2).reshape(b, -1, hw[0], hw[1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> last stage map (B, C, ceil(H/32), ceil(W/32)) (no final norm)."""
         for i in range(self.num_stages):
-            x = self._stage(i, x)
+            x = self._forward_stage(i, x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=(2, 3))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
                               norm: bool = False, stop_early: bool = False,
@@ -236,7 +197,7 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
         last = max_index if stop_early else self.num_stages - 1
         intermediates = []
         for i in range(last + 1):
-            x = self._stage(i, x)
+            x = self._forward_stage(i, x)
             if i in take_indices:
                 intermediates.append(x)
         if intermediates_only:
@@ -288,11 +249,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLinePVT:
                                    (0, 1, 2, 3), **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
-    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-            "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
-            "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed1.proj", "classifier": "head",
-            **kwargs}
+_cfg = partial(_helpers.default_cfg, "patch_embed1.proj", pool_size=(7, 7))
 
 
 default_cfgs = generate_default_cfgs({

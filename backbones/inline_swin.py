@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -41,23 +41,9 @@ from .attention import (
     parse_attention_types,
     shifted_window_attention,
 )
+from .layers import PatchEmbed
 
 __all__ = ["InLineSwin", "checkpoint_filter_fn"]
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection; pads the image to a multiple of the patch size.
-    Returns (B, H', W', C) with H' = ceil(H / patch)."""
-
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
-                 norm: bool = True):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(_helpers.pad_to_multiple(x, self.patch_size))
-        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class PatchMerging(nn.Module):
@@ -139,14 +125,8 @@ class InLineSwinStage(nn.Module):
             for i, (t, dp) in enumerate(zip(attn_types, drop_path, strict=True))])
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            enabled = self.grad_checkpointing and torch.is_grad_enabled()
-            x = _helpers.maybe_checkpoint(enabled, blk, x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_blocks(x)
+        x = _helpers.run_blocks(self.blocks, x, checkpointing=self.grad_checkpointing)
         return self.downsample(x) if self.downsample is not None else x
 
 
@@ -173,22 +153,14 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
                  global_softmax: bool = False):
         super().__init__()
         depths, num_heads = tuple(depths), tuple(num_heads)
-        if len(depths) != len(num_heads):
-            raise ValueError(f"depths {depths} and num_heads {num_heads} must have the same "
-                             "length (one entry per stage)")
-        if any(d < 1 for d in depths):
-            raise ValueError(f"every stage needs at least one block, got depths {depths}")
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
-        for i, (d, h) in enumerate(zip(dims, num_heads, strict=True)):
-            if h < 1 or d % h:
-                raise ValueError(f"stage {i}: width {d} is not divisible by num_heads {h}")
-        if window_size < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
-                                   drop_rate=drop_rate,
-                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        _helpers.check_model_args(
+            global_pool, self.global_pools, num_classes=num_classes, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            per_stage=dict(depths=depths, num_heads=num_heads),
+            positive_ints=dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                               depths=depths, num_heads=num_heads, window_size=window_size),
+            positive=dict(mlp_ratio=mlp_ratio), widths=dims, heads=num_heads)
         per_block = parse_attention_types(attn_types, depths)
 
         self.num_classes = num_classes
@@ -199,7 +171,7 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.patch_size = patch_size
         self.window_size = window_size
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_hw = _helpers.to_pair(img_size, "img_size")
         self.patch_grid = (math.ceil(img_hw[0] / patch_size), math.ceil(img_hw[1] / patch_size))
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm=patch_norm)
@@ -285,7 +257,7 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
         x = self._embed(x)
         i = 0
         for i, stage in enumerate(stages):
-            x = stage.forward_blocks(x)
+            x = _helpers.run_blocks(stage.blocks, x, checkpointing=stage.grad_checkpointing)
             if i in take_indices:
                 y = self.norm(x) if norm and i == last else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous())
@@ -320,9 +292,6 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
             x = x.mean(dim=(1, 2))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def checkpoint_filter_fn(state_dict: dict, model: InLineSwin) -> dict[str, torch.Tensor]:
     """Official / training checkpoint -> this model's state dict (names are the official ones).
@@ -340,13 +309,8 @@ def checkpoint_filter_fn(state_dict: dict, model: InLineSwin) -> dict[str, torch
     return _helpers.resize_rel_pos_tables(sd, model)
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.9, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "mit", **kwargs,
-    }
+_cfg = partial(_helpers.default_cfg, "patch_embed.proj", pool_size=(7, 7),
+               fixed_input_size=False, license="mit")
 
 
 default_cfgs = generate_default_cfgs({

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -43,6 +42,7 @@ from .attention import (
     WindowAttention,
     shifted_window_attention,
 )
+from .layers import PatchEmbed
 
 __all__ = ["L2ViT", "checkpoint_filter_fn"]
 
@@ -147,21 +147,6 @@ class ConvStem(nn.Module):
         return self.proj(x)
 
 
-class Stem(nn.Module):
-    """Image (B, C, H, W) -> (B, ceil(H/4), ceil(W/4), dim), LayerNorm on the tokens."""
-
-    def __init__(self, in_chans: int, dim: int):
-        super().__init__()
-        self.proj = ConvStem(in_chans, dim)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The official code pads to the patch size (4) first; keeping it makes border outputs
-        # identical to the official model at every size, not only multiples of 4.
-        x = self.proj(_helpers.pad_to_multiple(x, 4))
-        return self.norm(_to_nhwc(x))
-
-
 class Downsample(nn.Module):
     """LayerNorm, zero-pad to even H/W (bottom/right), conv 2x2 stride 2. (B, H, W, C) in/out."""
 
@@ -214,23 +199,15 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
     ):
         super().__init__()
         dims, depths, num_heads = tuple(dims), tuple(depths), tuple(num_heads)
-        if not (len(dims) == len(depths) == len(num_heads)) or not dims:
-            raise ValueError(f"dims {dims}, depths {depths} and num_heads {num_heads} must have "
-                             "the same, non-zero number of stages")
-        for i, (d, h) in enumerate(zip(dims, num_heads, strict=True)):
-            if h < 1 or d % h:
-                raise ValueError(f"stage {i}: dim {d} is not divisible by num_heads {h}")
-        if any(d < 1 for d in depths):
-            raise ValueError(f"every stage needs at least one block, got depths {depths}")
+        _helpers.check_model_args(
+            global_pool, self.global_pools, num_classes=num_classes, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            per_stage=dict(dims=dims, depths=depths, num_heads=num_heads),
+            positive_ints=dict(in_chans=in_chans, dims=dims, depths=depths, num_heads=num_heads,
+                               window_size=window_size),
+            positive=dict(mlp_ratio=mlp_ratio), widths=dims, heads=num_heads)
         if global_attn not in GLOBAL_ATTN_TYPES:
             raise ValueError(f"unknown global_attn {global_attn!r}; use one of {GLOBAL_ATTN_TYPES}")
-        if not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        _helpers.check_common_args(global_pool, self.global_pools, num_classes=num_classes,
-                                   drop_rate=drop_rate,
-                                   attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
 
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -242,9 +219,11 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
 
-        # downsample_layers[0] is the stem, [i > 0] lead stage i (official indexing).
+        # downsample_layers[0] is the stem, [i > 0] lead stage i (official indexing). The stem
+        # pads the image to a multiple of 4 first, as the official code does: border outputs
+        # then equal the official model's at every size, not only multiples of 4.
         self.downsample_layers = nn.ModuleList(
-            [Stem(in_chans, dims[0])]
+            [PatchEmbed(4, in_chans, dims[0], norm=True, proj=ConvStem(in_chans, dims[0]))]
             + [Downsample(dims[i - 1], dims[i]) for i in range(1, len(dims))])
         # On the CPU explicitly, so that building under a meta-device context works.
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -294,20 +273,15 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
             ],
         )
 
-    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        for blk in stage:
-            x = _helpers.maybe_checkpoint(self.grad_checkpointing, blk, x)
-        return x
+    def _forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``i``'s downsampling (the stem for ``i = 0``), then its blocks; NHWC maps."""
+        return _helpers.run_blocks(self.stages[i], self.downsample_layers[i](x),
+                                   checkpointing=self.grad_checkpointing)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs at strides 4/8/16/32 as (B, C, H, W) (or NHWC).
 
         ``norm`` applies the final LayerNorm to the last stage's map only (the only one it fits).
@@ -316,16 +290,16 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
         _helpers.check_output_fmt(output_fmt, ("NCHW", "NHWC"))
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
-        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        num_run = max_index + 1 if stop_early else len(self.stages)
         intermediates = []
-        for i, stage in enumerate(stages):
-            x = self._run_stage(stage, self.downsample_layers[i](x))
+        for i in range(num_run):
+            x = self._forward_stage(i, x)
             if i in take_indices:
                 y = self.norm(x) if norm and i == last else x
                 intermediates.append(_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
         if intermediates_only:
             return intermediates
-        if len(stages) - 1 == last:
+        if num_run - 1 == last:
             x = self.norm(x)
         return _to_nchw(x), intermediates
 
@@ -343,8 +317,8 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_last, H/32, W/32), after the final LayerNorm (rounded up sizes)."""
-        for i, stage in enumerate(self.stages):
-            x = self._run_stage(stage, self.downsample_layers[i](x))
+        for i in range(len(self.stages)):
+            x = self._forward_stage(i, x)
         return _to_nchw(self.norm(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -355,9 +329,6 @@ class L2ViT(_helpers.ClassifierMixin, nn.Module):
         # No pooling: the classifier acts per position, logits as (B, classes, H, W).
         x = self.head_drop(x)
         return x if pre_logits else _to_nchw(self.head(_to_nhwc(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict, model: L2ViT) -> dict[str, torch.Tensor]:
@@ -384,14 +355,8 @@ def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
                                    tuple(range(num_stages)), **kwargs)
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "downsample_layers.0.proj.proj.0", "classifier": "head",
-        "license": "mit", **kwargs,
-    }
+_cfg = partial(_helpers.default_cfg, "downsample_layers.0.proj.proj.0", pool_size=(7, 7),
+               crop_pct=0.875, fixed_input_size=False, license="mit")
 
 
 # Weights: github.com/ChuanyangZheng/L2ViT releases (not downloadable here; load them with

@@ -1,20 +1,15 @@
-"""InLine-CSwin against independent references: official parameter counts and names, explicit
-N x N attention formulas (the official InLine / CSwin order of operations), any input size."""
+"""InLine-CSwin against independent references: official parameter names, explicit N x N
+attention formulas (the official InLine / CSwin order of operations) (the timm contract, any input
+size and the official parameter counts: test_contract.py)."""
 
-import math
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models._manipulate import group_parameters
 
 import backbones  # noqa: F401  (registers the models with timm)
 from backbones.inline_cswin import CSwinBlock, InLineCSwin, checkpoint_filter_fn
-
-# Official InLine-CSwin parameter counts (REFERENCE.md, counted from the official code).
-OFFICIAL_PARAMS_M = {"inline_cswin_tiny": 20.60, "inline_cswin_small": 33.03,
-                     "inline_cswin_base": 73.41}
 
 # Reduced model for the functional tests: every stage kind (InLine global, two-branch cross-shaped
 # softmax, last-stage whole-map softmax) at tiny width.
@@ -25,11 +20,6 @@ SMALL = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 4), num_clas
 
 def _small(**kwargs) -> InLineCSwin:
     return timm.create_model("inline_cswin_tiny", **dict(SMALL, **kwargs))
-
-
-@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS_M))
-def test_param_count_matches_official(name, meta_params_m):
-    assert meta_params_m(name) == OFFICIAL_PARAMS_M[name]
 
 
 def test_official_parameter_names_and_shapes():
@@ -67,48 +57,17 @@ def test_official_parameter_names_and_shapes():
     assert "stage4.0.attns.1.get_v.weight" not in shapes
 
 
-def test_forward_backward_non_square():
+def test_intermediates_norm_last_map():
     torch.manual_seed(0)
-    model = _small()
-    x = torch.randn(1, 3, 250, 333)
-    feats = model.forward_features(x)
-    assert feats.shape == (1, 256, math.ceil(250 / 32), math.ceil(333 / 32))
-    out = model.forward_head(feats)
-    assert out.shape == (1, 10)
-    out.square().mean().backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-    assert model.forward_head(feats, pre_logits=True).shape == (1, 256)
-
-
-def test_features_only_and_intermediates():
-    torch.manual_seed(0)
-    h, w = 122, 173
-    x = torch.randn(1, 3, h, w)
+    x = torch.randn(1, 3, 122, 173)
     model = _small().eval()
-    feat = timm.create_model("inline_cswin_tiny", features_only=True, out_indices=(0, 1, 2, 3),
-                             **SMALL).eval()
-    assert feat.feature_info.reduction() == [4, 8, 16, 32]
-    assert feat.feature_info.channels() == [32, 64, 128, 256]
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "norm."))}
-    feat.model.load_state_dict(own, strict=True)
     with torch.no_grad():
-        maps = feat(x)
-        inter = model.forward_intermediates(x, intermediates_only=True)
-        final, inter2 = model.forward_intermediates(x)
         ref_final = model.forward_features(x)
-    info = feat.feature_info
-    for m, c, s in zip(maps, info.channels(), info.reduction(), strict=True):
-        assert m.shape == (1, c, math.ceil(h / s), math.ceil(w / s))
-    for a, b, c in zip(maps, inter, inter2, strict=True):
-        torch.testing.assert_close(a, b)
-        torch.testing.assert_close(a, c)
-    torch.testing.assert_close(final, ref_final)
-    # Last-stage norm applied on request.
-    with torch.no_grad():
+        plain = model.forward_intermediates(x, intermediates_only=True)
         normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
+        normed_all = model.forward_intermediates(x, norm=True, intermediates_only=True)
     torch.testing.assert_close(normed[0], ref_final)
+    torch.testing.assert_close(normed_all[0], plain[0])  # only the last map is normed
 
 
 def test_prune_intermediate_layers():
@@ -123,7 +82,7 @@ def test_prune_intermediate_layers():
     assert [tuple(m.shape) for m in maps] == [(1, 32, 17, 25), (1, 64, 9, 13)]
 
 
-def test_state_dict_round_trip_other_resolution(tmp_path):
+def test_state_dict_round_trip_other_resolution():
     torch.manual_seed(0)
     # Source trained "at 384" and, separately, with another stripe width: neither changes the
     # parameter layout; checkpoint wrapped like the official release, with DDP prefixes.
@@ -138,16 +97,6 @@ def test_state_dict_round_trip_other_resolution(tmp_path):
     other_split = _small(split_size=(1, 2, 12, 12))
     sd = checkpoint_filter_fn({"state_dict": other_split.state_dict()}, dst)
     dst.load_state_dict(sd, strict=True)
-
-    # Through timm's pretrained path (file overlay -> pretrained_filter_fn, strict load).
-    src1k = _small(num_classes=1000).eval()
-    path = tmp_path / "ckpt.pth"
-    torch.save({"model": {"module." + k: v for k, v in src1k.state_dict().items()}}, path)
-    loaded = timm.create_model("inline_cswin_tiny", pretrained=True,
-                               pretrained_cfg_overlay=dict(file=str(path)),
-                               **dict(SMALL, num_classes=1000)).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), src1k(x))
 
     # A headless model drops the classifier weights; another channel count adapts the stem.
     headless = _small(num_classes=0, in_chans=1)
@@ -266,46 +215,14 @@ def test_softmax_counterpart_param_count(n_params):
     assert n_params(soft) == n_params(inline) - residual
 
 
-def test_grad_checkpointing_same_output():
-    torch.manual_seed(0)
-    model = _small().eval()
-    x = torch.randn(1, 3, 66, 90)
-    ref = model(x)
-    ref.sum().backward()
-    ref_grad = model.stage1[0].qkv.weight.grad.clone()
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    out = model(x)
-    out.sum().backward()
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(model.stage1[0].qkv.weight.grad, ref_grad)
-
-
-def test_bf16_autocast_large_input_finite():
-    torch.manual_seed(0)
-    model = _small().eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(torch.randn(1, 3, 64, 96) * 100)
-    assert torch.isfinite(out.float()).all()
-
-
 def test_timm_api_helpers():
     model = _small()
     assert model.no_weight_decay() == set()
-    groups = group_parameters(model, model.group_matcher())
-    assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
-    coarse = group_parameters(model, model.group_matcher(coarse=True))
-    assert sum(len(v) for v in coarse.values()) == len(list(model.parameters()))
-    model.reset_classifier(5)
-    assert model.get_classifier().out_features == 5
-    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 5)
     model.reset_classifier(0, global_pool="")
     assert model(torch.randn(1, 3, 40, 40)).shape == (1, 2, 2, 256)
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(TypeError, match="bogus"):
-        _small(bogus=1)
     with pytest.raises(ValueError, match="unknown attention letter"):
         _small(attn_types="IIXS")
     with pytest.raises(ValueError, match="depths"):
@@ -316,5 +233,3 @@ def test_bad_arguments_raise_clear_errors():
         _small(num_heads=(1, 2, 2, 4), attn_types="SSSS")
     with pytest.raises(ValueError, match="even"):
         _small(num_heads=(1, 2, 1, 4), embed_dim=32)
-    with pytest.raises(ValueError, match="global_pool"):
-        _small(global_pool="max")

@@ -1,5 +1,6 @@
-"""InLine-Swin against independent references: official parameter counts and names, timm's own
-Swin block and patch merging (same parameter names, fixed-size maps), explicit N x N attention."""
+"""InLine-Swin against independent references: official parameter names, timm's own Swin block
+and patch merging (same parameter names, fixed-size maps), explicit N x N attention (the timm
+contract and the official parameter counts: test_contract.py)."""
 
 import math
 
@@ -22,13 +23,6 @@ H, W = 250, 333  # not multiples of 32 (nor of 4 or 7)
 
 def small(name="inline_swin_tiny", **kw):
     return timm.create_model(name, pretrained=False, **dict(SMALL, **kw))
-
-
-@pytest.mark.parametrize("name,official", [("inline_swin_tiny", 29.22),
-                                           ("inline_swin_small", 49.79),
-                                           ("inline_swin_base", 88.35)])
-def test_param_count_matches_official(name, official, meta_params_m):
-    assert meta_params_m(name) == official
 
 
 def test_official_names_and_shapes():
@@ -62,8 +56,9 @@ def test_official_names_and_shapes():
     assert "layers.2.blocks.1.attn.relative_position_bias_table" not in sd_b
 
 
-def test_forward_backward_any_size():
+def test_mixed_stage_forward_backward():
     m = small(attn_types="IIMS1")  # stage 3: 1 InLine then 1 softmax
+    assert [b.attn_type for b in m.layers[2].blocks] == ["inline", "softmax"]
     x = torch.randn(1, 3, H, W)
     feats = m.forward_features(x)
     assert feats.shape == (1, math.ceil(H / 32), math.ceil(W / 32), 256)
@@ -73,37 +68,19 @@ def test_forward_backward_any_size():
     for n, p in m.named_parameters():
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all(), n
-    assert m.forward_head(feats, pre_logits=True).shape == (1, 256)
 
 
-def test_features_only_and_intermediates():
+def test_intermediates_norm_last_map_and_pruning():
     m = small().eval()
-    f = small(features_only=True, out_indices=(0, 1, 2, 3)).eval()
-    missing, unexpected = f.model.load_state_dict(m.state_dict(), strict=False)
-    assert not missing and set(unexpected) <= {"norm.weight", "norm.bias", "head.weight",
-                                               "head.bias"}
-    assert f.feature_info.reduction() == [4, 8, 16, 32]
-    assert f.feature_info.channels() == [32, 64, 128, 256]
-    h, w = 122, 155  # odd maps from stride 8 on
-    x = torch.randn(1, 3, h, w)
+    x = torch.randn(1, 3, 122, 155)  # odd maps from stride 8 on
     with torch.no_grad():
-        maps = f(x)
         inter = m.forward_intermediates(x, intermediates_only=True)
-        final, inter_n = m.forward_intermediates(x, norm=True)
+        _, inter_n = m.forward_intermediates(x, norm=True)
         ref = m.forward_features(x)
-    info = zip(f.feature_info.channels(), f.feature_info.reduction(), strict=True)
-    for fm, im, (c, r) in zip(maps, inter, info, strict=True):
-        assert fm.shape == (1, c, math.ceil(h / r), math.ceil(w / r))
-        torch.testing.assert_close(fm, im)
-    torch.testing.assert_close(final, ref)
     torch.testing.assert_close(inter_n[-1], ref.permute(0, 3, 1, 2))
     torch.testing.assert_close(inter_n[0], inter[0])  # only the last map is normed
-    # Pruning keeps the earlier maps.
     kept = m.prune_intermediate_layers((0, 1))
     assert kept == [0, 1] and len(m.layers) == 2 and m.layers[1].downsample is None
-    with torch.no_grad():
-        torch.testing.assert_close(m.forward_intermediates(x, indices=(0, 1),
-                                                           intermediates_only=True)[1], inter[1])
 
 
 def test_checkpoint_roundtrip_other_resolution_and_window():
@@ -178,35 +155,10 @@ def test_kernel_and_ablation_options(kw):
         assert torch.isfinite(m(torch.randn(1, 3, 64, 64))).all()
 
 
-def test_grad_checkpointing_same_output():
-    m = small().eval()
-    x = torch.randn(1, 3, 90, 70)
-    ref = m(x)
-    m.set_grad_checkpointing(True)
-    out = m(x)
-    torch.testing.assert_close(out, ref)
-    out.sum().backward()
-    assert m.patch_embed.proj.weight.grad is not None
-
-
-def test_bf16_autocast_large_input_finite():
-    m = small().eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m(torch.randn(1, 3, 100, 75) * 100)
-    assert torch.isfinite(out.float()).all()
-
-
 def test_api_and_errors():
     m = small()
     assert "layers.3.blocks.1.attn.relative_position_bias_table" in m.no_weight_decay()
     assert "absolute_pos_embed" in small(ape=True).no_weight_decay()
-    groups = m.group_matcher()
-    assert groups["stem"] and groups["blocks"]
-    m.reset_classifier(0)
-    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 256)
-    assert m.get_classifier() is m.head
-    with pytest.raises(TypeError, match="bogus"):
-        small(bogus=1)
     with pytest.raises(ValueError, match="kernel"):
         small(kernel="tanh")
     with pytest.raises(ValueError, match="stages"):

@@ -1,8 +1,8 @@
-"""L2ViT against independent references: the official parameter counts and names, and an explicit
+"""L2ViT against independent references: the official parameter names, and an explicit
 token-layout forward written from the paper's formulas (N x N attention weights, windows looped
-one by one), sharing only the weights with the model."""
+one by one), sharing only the weights with the model (the timm contract and the official parameter
+counts: test_contract.py)."""
 
-import math
 
 import pytest
 import timm
@@ -13,11 +13,9 @@ from backbones import l2vit as L
 
 torch.manual_seed(0)
 
-OFFICIAL_PARAMS_M = {"l2vit_tiny": 28.60, "l2vit_small": 50.20, "l2vit_base": 88.58}
 # Every stage keeps one LWA and one LGA block; head dim 32 as in the released models.
 TINY = dict(dims=(32, 64, 96, 128), depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4),
             drop_path_rate=0.0, num_classes=10)
-LEGACY_SIZE = (250, 333)
 
 
 def tiny(**kw):
@@ -159,11 +157,6 @@ def test_matches_explicit_reference(global_attn):
 
 
 # ------------------------------------------------------------------ official layout
-@pytest.mark.parametrize("name", list(OFFICIAL_PARAMS_M))
-def test_param_count_matches_official(name, meta_params_m):
-    assert meta_params_m(name) == OFFICIAL_PARAMS_M[name]
-
-
 def test_official_names_and_shapes():
     with torch.device("meta"):
         sd = timm.create_model("l2vit_tiny").state_dict()
@@ -198,44 +191,17 @@ def test_official_names_and_shapes():
     assert not any("relative_position" in k for k in sd)
 
 
-# ------------------------------------------------------------------ any size, training
-def test_forward_backward_non_square():
-    m = tiny().train()
-    x = torch.randn(1, 3, *LEGACY_SIZE)
-    out = m(x)
-    assert out.shape == (1, 10)
-    out.square().mean().backward()
-    for n, p in m.named_parameters():
-        assert p.grad is not None, n
-        assert torch.isfinite(p.grad).all(), n
-
-
-def test_features_only_and_intermediates():
-    h, w = 90, 123
-    fm = timm.create_model("l2vit_tiny", features_only=True, out_indices=(0, 1, 2, 3),
-                           **TINY).eval()
-    assert fm.feature_info.reduction() == [4, 8, 16, 32]
-    assert fm.feature_info.channels() == list(TINY["dims"])
+# ------------------------------------------------------------------ intermediates
+def test_intermediates_norm_fmt_and_pruning():
     m = tiny().eval()
-    missing, unexpected = m.load_state_dict(
-        {k[len("model."):]: v for k, v in fm.state_dict().items()}, strict=False)
-    assert set(missing) <= {"norm.weight", "norm.bias", "head.weight", "head.bias"}
-    assert not unexpected
-    x = torch.randn(1, 3, h, w)
+    x = torch.randn(1, 3, 90, 123)
     with torch.no_grad():
-        feats = fm(x)
         final, inter = m.forward_intermediates(x)
         early = m.forward_intermediates(x, indices=[0, 1], stop_early=True, output_fmt="NHWC",
                                         intermediates_only=True)
-    for f, s, c, g in zip(feats, (4, 8, 16, 32), TINY["dims"], inter, strict=True):
-        assert f.shape == (1, c, math.ceil(h / s), math.ceil(w / s))
-        torch.testing.assert_close(f, g)
     torch.testing.assert_close(m.norm(inter[3].permute(0, 2, 3, 1)).permute(0, 3, 1, 2), final)
     torch.testing.assert_close(early[1], inter[1].permute(0, 2, 3, 1))
     assert m.prune_intermediate_layers([0, 1]) == [0, 1] and len(m.stages) == 2
-    with torch.no_grad():
-        torch.testing.assert_close(m.forward_intermediates(x, intermediates_only=True)[1],
-                                   inter[1])
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -276,31 +242,6 @@ def test_softmax_counterpart_and_api():
     assert lin.no_weight_decay() == {n for n, _ in lin.named_parameters()
                                      if n.endswith("temperature")}
     assert len(lin.no_weight_decay()) == sum(d // 2 for d in TINY["depths"])
-    groups = timm.models.group_parameters(lin, lin.group_matcher())
-    assert sum(len(v) for v in groups.values()) == len(list(lin.parameters()))
-    lin.reset_classifier(7)
-    assert lin.get_classifier().out_features == 7
-    assert lin.forward_head(torch.randn(2, 128, 3, 4), pre_logits=True).shape == (2, 128)
-
-
-def test_grad_checkpointing_same_output():
-    m = randomise(tiny()).eval()
-    x = torch.randn(1, 3, 50, 62)
-    with torch.no_grad():
-        ref = m(x)
-    m.set_grad_checkpointing(True)
-    x.requires_grad_(True)
-    out = m(x)
-    torch.testing.assert_close(out, ref)
-    out.sum().backward()
-    assert torch.isfinite(x.grad).all()
-
-
-def test_bf16_autocast_large_input_finite():
-    m = tiny().eval()
-    x = torch.randn(1, 3, 64, 80) * 100
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m(x)
-        feats = m.forward_intermediates(x, intermediates_only=True)
-    assert torch.isfinite(out.float()).all()
-    assert all(torch.isfinite(f.float()).all() for f in feats)
+    # No pooling: per-position logits, NCHW.
+    lin.reset_classifier(10, global_pool="")
+    assert lin.forward_head(torch.randn(2, 128, 3, 4)).shape == (2, 10, 3, 4)
