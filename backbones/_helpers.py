@@ -1,5 +1,5 @@
 """Helpers shared by the family files: argument checks, weight init, the block runner, the timm
-classifier API, model building, checkpoints and position embeddings.
+classifier API, model building, checkpoints, position embeddings and padding to any input size.
 
 Each family file keeps its own model class and timm registration; what lives here is only what
 was written out identically in several of them, so that a fix lands in every family at once.
@@ -24,12 +24,18 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "ClassifierMixin",
     "build_backbone",
+    "ceil_div",
     "check_global_pool",
+    "check_image",
     "check_model_args",
     "check_output_fmt",
     "default_cfg",
+    "head_per_position",
     "init_weights_trunc_normal",
+    "is_static_zero",
     "load_checkpoint",
+    "pad_amount",
+    "pad_hw",
     "pad_to_multiple",
     "pos_embed_for_grid",
     "read_checkpoint",
@@ -39,10 +45,14 @@ __all__ = [
     "safe_torch_load",
     "to_pair",
     "trusted_checkpoints",
+    "unpad_hw",
     "unwrap_state_dict",
 ]
 
 _M = TypeVar("_M", bound=nn.Module)
+
+# An FX leaf (as timm registers it for its own tracer): it compares sizes in Python.
+torch.fx.wrap("resample_abs_pos_embed")
 
 
 # ---- argument checks --------------------------------------------------------------------------
@@ -114,6 +124,17 @@ def check_model_args(global_pool: str, allowed_pools: Sequence[str], *, num_clas
                     ("drop_path_rate", drop_path_rate)):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {p}")
+
+
+def check_image(x: torch.Tensor, in_chans: int) -> None:
+    """That ``x`` is a (B, ``in_chans``, H, W) batch with H, W >= 1 (every such size runs; an empty
+    or mis-shaped input would otherwise fail deep inside with a confusing message). Through
+    ``torch._assert``, which FX traces and torch.export keeps as a check on symbolic sizes."""
+    msg = f"expected images of shape (B, {in_chans}, H, W) with H, W >= 1"
+    torch._assert(x.ndim == 4, msg)
+    torch._assert(x.shape[1] == in_chans, msg)
+    torch._assert(x.shape[2] >= 1, msg)
+    torch._assert(x.shape[3] >= 1, msg)
 
 
 def to_pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -192,6 +213,12 @@ class ClassifierMixin:
                      else nn.Identity())
         if self.reinit_head:
             init_weights_trunc_normal(self.head)
+
+
+def head_per_position(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The classifier at every position of an unpooled (B, C, H, W) map (``global_pool=''``):
+    logits as (B, classes, H, W), in the layout of the features, as timm expects."""
+    return head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def default_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
@@ -283,14 +310,18 @@ def resize_pos_embed_to(pos_embed: torch.Tensor, target: torch.Tensor, num_prefi
 def pos_embed_for_grid(pos_embed: torch.Tensor, stored_hw: tuple[int, int],
                        hw: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
     """A learned (1, P + h*w, C) position embedding stored for ``stored_hw``, resampled to the
-    grid ``hw`` of the input actually seen (itself when the grids match): any input size runs."""
-    if hw == stored_hw:
+    grid ``hw`` of the input actually seen (itself when the grids match): any input size runs.
+
+    The shortcut needs a concrete grid: under torch.export or FX tracing ``hw`` is symbolic and
+    the traced graph always resamples (timm's resampler then skips its own size check too), so
+    that it holds for every input size; resampling to the stored grid is the identity.
+    """
+    if all(isinstance(n, int) for n in hw) and tuple(hw) == tuple(stored_hw):
         return pos_embed
-    # The target only carries the token count; its leading 0 keeps resize_pos_embed_to's shape
-    # shortcut from firing when a different grid happens to have the same number of tokens.
-    target = pos_embed.new_empty((0, num_prefix_tokens + hw[0] * hw[1], 0))
-    return resize_pos_embed_to(pos_embed, target, num_prefix_tokens=num_prefix_tokens,
-                               old_hw=stored_hw, new_hw=hw)
+    # Called directly, not via resize_pos_embed_to: its shape shortcut would compare symbolic
+    # token counts, and 14x14 and 7x28 grids share a length.
+    return resample_abs_pos_embed(pos_embed, [hw[0], hw[1]], old_size=list(stored_hw),
+                                  num_prefix_tokens=num_prefix_tokens, verbose=False)
 
 
 def resize_rel_pos_tables(state_dict: dict[str, torch.Tensor], model: nn.Module
@@ -381,8 +412,54 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, filter_fn=None,
         raise RuntimeError(f"checkpoint {path} does not match {type(model).__name__}: {e}") from e
 
 
+# ---- padding to any input size ----------------------------------------------------------------
+# In eager, sizes are ints. Under torch.export (and the dynamo ONNX exporter) sizes that depend on
+# the input's height and width are SymInts, under torch.fx symbolic tracing Proxies: a Python
+# branch on them would fix an exported graph to the example size (or stop an FX trace). So padded
+# sizes are computed as integer arithmetic, and work that is a no-op at a given size (padding by
+# zero, a shift of zero) is skipped only where the size is a concrete int.
+
+def is_static_zero(n: int | torch.SymInt) -> bool:
+    """Whether ``n`` is a concrete 0, i.e. the work it sizes can be skipped. False for a symbolic
+    size (a SymInt or FX Proxy), whose value the traced graph must not assume."""
+    return isinstance(n, int) and n == 0
+
+
+def ceil_div(n: int | torch.SymInt, d: int) -> int | torch.SymInt:
+    """ceil(n / d) for a positive int ``d``; ``n`` may be symbolic."""
+    return (n + d - 1) // d
+
+
+def pad_amount(n: int | torch.SymInt, multiple: int) -> int | torch.SymInt:
+    """What to add to ``n`` to reach a multiple of ``multiple``. Written as ``ceil_div * multiple
+    - n`` so that a symbolic padded size is a plain product, which views and reshapes into
+    ``multiple``-sized blocks can match without a guard."""
+    return 0 if multiple == 1 else ceil_div(n, multiple) * multiple - n
+
+
+def pad_hw(x: torch.Tensor, multiple_h: int, multiple_w: int, channels_last: bool = False
+           ) -> torch.Tensor:
+    """Zero-pad a (B, C, H, W) map, or (B, H, W, C) with ``channels_last``, at the bottom / right
+    to multiples of (``multiple_h``, ``multiple_w``). Returns ``x`` itself (no copy) when no
+    padding is needed at a concrete size."""
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+    ph, pw = pad_amount(h, multiple_h), pad_amount(w, multiple_w)
+    if is_static_zero(ph) and is_static_zero(pw):
+        return x
+    return F.pad(x, (0, 0, 0, pw, 0, ph) if channels_last else (0, pw, 0, ph))
+
+
+def unpad_hw(x: torch.Tensor, ph: int, pw: int, channels_last: bool = False) -> torch.Tensor:
+    """Undo ``pad_hw``: crop ``ph`` rows and ``pw`` columns off the bottom / right, as a contiguous
+    tensor (``x`` itself when nothing was padded at a concrete size). Cropping is padding by the
+    negative amounts: unlike slicing to the original size, this needs no proof under torch.export
+    that the original size is at most the padded one."""
+    if is_static_zero(ph) and is_static_zero(pw):
+        return x
+    return F.pad(x, (0, 0, 0, -pw, 0, -ph) if channels_last else (0, -pw, 0, -ph))
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> torch.Tensor:
     """Zero-pad a (B, C, H, W) image at the bottom/right to multiples of ``multiple``."""
     mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
-    ph, pw = (-x.shape[-2]) % mh, (-x.shape[-1]) % mw
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+    return pad_hw(x, mh, mw)

@@ -8,6 +8,12 @@ checkpoints load unchanged.
 Numerics: under autocast the linear-attention reductions (K^T V, means, sums, denominators) run in
 fp32. The official InLine code relies only on splitting sqrt(s/N) onto K and V, which still
 overflows fp16 for large activations; computing the small d x d state in fp32 costs little.
+
+Tracing: the linear-attention kernels are FX leaves (``torch.fx.wrap`` for ``torch.fx`` and
+timm's ``register_notrace_function`` for timm's tracer): they switch autocast off on the input's
+device and loop over the batch, which symbolic tracing cannot follow. torch.export traces through
+them. Window and stripe padding and the Swin shift are computed from sizes without Python
+branches on them (see ``_helpers.is_static_zero``), so exported graphs hold for any input size.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import is_exporting, register_notrace_function
 from torch import nn
+
+from ._helpers import is_static_zero, pad_amount, pad_hw, unpad_hw
 
 __all__ = [
     "ATTENTION_LETTERS",
@@ -102,6 +111,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                           scale=scale)
 
 
+@torch.fx.wrap
+@register_notrace_function
 def plain_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            eps: float = 1e-6) -> torch.Tensor:
     """Linear attention normalised by the row sum: phi(q) (phi(K)^T V) / (phi(q) . sum phi(K)).
@@ -128,6 +139,8 @@ def _inline_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     return kv * (scale / n) - scale * (k_mean.transpose(-2, -1) @ v_mean), v_mean
 
 
+@torch.fx.wrap
+@register_notrace_function
 def injective_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                scale: float) -> torch.Tensor:
     """InLine attention: w_ij = (s/N) (q_i.k_j - q_i.mean(K)) + 1/N, rows sum to 1.
@@ -144,6 +157,8 @@ def injective_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return out.to(dtype)
 
 
+@torch.fx.wrap
+@register_notrace_function
 def inline_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
                      kernels: torch.Tensor | None = None, hw: tuple[int, int] | None = None,
                      num_prefix_tokens: int = 0) -> torch.Tensor:
@@ -204,6 +219,8 @@ def inline_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
     return out.to(dtype)
 
 
+@torch.fx.wrap
+@register_notrace_function
 def l2vit_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            temperature: torch.Tensor, clamp_min: float = 100.0) -> torch.Tensor:
     """L2ViT global attention: relu q, k; (q (K^T V) t) / clamp(q . sum K, min).
@@ -272,58 +289,89 @@ def global_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n
 
 
 def _pad_hw(x: torch.Tensor, mult_h: int, mult_w: int) -> tuple[torch.Tensor, int, int]:
-    """Zero-pad a (B, H, W, C) map at the bottom/right to multiples of (mult_h, mult_w)."""
+    """Zero-pad a (B, H, W, C) map at the bottom/right to multiples of (mult_h, mult_w); returns
+    the map and the padding added to H and W."""
     _, h, w, _ = x.shape
-    ph, pw = (-h) % mult_h, (-w) % mult_w
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    return x, ph, pw
+    padded = pad_hw(x, mult_h, mult_w, channels_last=True)
+    return padded, pad_amount(h, mult_h), pad_amount(w, mult_w)
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of a permuted window layout. ``reshape`` / ``contiguous`` would first ask
+    whether it is contiguous already, which depends on whether a window count is 1: under
+    torch.export that question fixes the count to the example's."""
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def _window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
     """(B, H, W, C) -> (B * nW, wh * ww, C)."""
     b, h, w, c = x.shape
-    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, wh * ww, c)
+    nh, nw = h // wh, w // ww
+    x = x.view(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return _dense(x).view(b * nh * nw, wh * ww, c)
 
 
 def _window_reverse(x: torch.Tensor, wh: int, ww: int, b: int, h: int, w: int) -> torch.Tensor:
     """(B * nW, wh * ww, C) -> (B, H, W, C)."""
     c = x.shape[-1]
     x = x.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
+    return _dense(x).view(b, h, w, c)
+
+
+def _swin_shift(h: int, w: int, window: int, shift: int) -> int:
+    """The shift Swin applies to an (h, w) map: ``shift``, or 0 once the map fits in one window
+    (min(h, w) <= window, the official rule). sym_min / sym_max are min / max on ints and keep a
+    traced size symbolic, so an exported graph applies the rule at every size."""
+    return shift * torch.sym_min(1, torch.sym_max(0, torch.sym_min(h, w) - window))
+
+
+def _roll_hw(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """``torch.roll(x, (-sh, -sw), dims=(1, 2))`` for 0 <= sh <= H, 0 <= sw <= W, as slices and
+    concatenations: the same copies, but the shifts may be symbolic (the ONNX exporter's roll
+    takes constant shifts only)."""
+    x = torch.cat([x[:, sh:], x[:, :sh]], dim=1)
+    return torch.cat([x[:, :, sw:], x[:, :, :sw]], dim=2)
 
 
 def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive (nW, N, N) mask: -100 between tokens that were not neighbours before the roll."""
-    img = torch.zeros(1, h, w, 1, device=device)
-    cnt = 0
-    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            img[:, hs, ws, :] = cnt
-            cnt += 1
-    ids = _window_partition(img, window, window).squeeze(-1)
-    mask = ids.unsqueeze(1) - ids.unsqueeze(2)
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    """Additive (nW, N, N) mask: -100 between tokens that were not neighbours before the roll.
+
+    Rows [0, h - window), [h - window, h - shift) and [h - shift, h) of the rolled map (and the
+    same for columns) came from different places; each token's region follows from its
+    coordinates, so that sizes and shift may be symbolic.
+    """
+    def region(n: int) -> torch.Tensor:
+        r = torch.arange(n, device=device)
+        return (r >= n - window).long() + (r >= n - shift).long()
+
+    ids = region(h)[:, None] * 3 + region(w)[None, :]
+    ids = _window_partition(ids[None, :, :, None], window, window).squeeze(-1)
+    return torch.where(ids.unsqueeze(1) != ids.unsqueeze(2), -100.0, 0.0)
 
 
 def shifted_window_attention(x: torch.Tensor, attn: WindowAttention, shift: int = 0
                              ) -> torch.Tensor:
     """Window attention over any (B, H, W, C) map: zero-pad to a multiple of the window, roll by
-    ``shift`` with the Swin mask, attend within windows, undo, crop. Returns (B, H, W, C)."""
+    ``shift`` with the Swin mask, attend within windows, undo, crop. Returns (B, H, W, C).
+
+    As in Swin, a map that fits in one window (min(H, W) <= window) is not shifted.
+    """
     b, h, w, _ = x.shape
     ws = attn.window_size
-    x, ph, pw = _pad_hw(x, ws, ws)
-    hp, wp = h + ph, w + pw
+    x = pad_hw(x, ws, ws, channels_last=True)
+    hp, wp = x.shape[1], x.shape[2]
+    ph, pw = pad_amount(h, ws), pad_amount(w, ws)
     mask = None
     if shift:
-        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        shift = _swin_shift(h, w, ws, shift)
+    if not is_static_zero(shift):
+        x = _roll_hw(x, shift, shift)
         mask = _shift_mask(hp, wp, ws, shift, x.device)
     y = attn(_window_partition(x, ws, ws), mask=mask)
     y = _window_reverse(y, ws, ws, b, hp, wp)
-    if shift:
-        y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-    return y[:, :h, :w, :].contiguous()
+    if not is_static_zero(shift):
+        y = _roll_hw(y, hp - shift, wp - shift)
+    return unpad_hw(y, ph, pw, channels_last=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,6 +533,10 @@ class WindowAttention(nn.Module):
             m = mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N)
             bias = m if bias is None else bias + m
             bias = bias.repeat(bw // nw, 1, 1, 1)
+        elif bias is not None:
+            # The batch made explicit: broadcasting from 1 would make torch.export ask whether
+            # there is a single window, and fix the answer to the example input's.
+            bias = bias.expand(bw, -1, -1, -1)
         out = softmax_attention(q, k, v, bias=bias, scale=self.scale,
                                 dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
@@ -564,28 +616,35 @@ class LePEAttention(nn.Module):
         b, n, c = q.shape
         h, w = hw
         sh, sw = self.stripe()
-        sh, sw = sh or h, sw or w
-        grids = [_pad_hw(t.view(b, h, w, c), sh, sw)[0] for t in (q, k, v)]
+        # Only the striped side is padded; a full-extent side (0) is one stripe already.
+        ph, pw = pad_amount(h, sh or 1), pad_amount(w, sw or 1)
+        grids = [pad_hw(t.view(b, h, w, c), sh or 1, sw or 1, channels_last=True)
+                 for t in (q, k, v)]
         hp, wp = grids[0].shape[1:3]
+        sh, sw = sh or hp, sw or wp
         qw, kw, vw = (_window_partition(g, sh, sw) for g in grids)          # (B*nW, L, C)
         bw, length = qw.shape[:2]
-        # LePE: depthwise 3x3 on V within each stripe (zero padding at stripe borders).
-        lepe = self.get_v(vw.transpose(1, 2).reshape(bw, c, sh, sw))
+        # LePE: depthwise 3x3 on V within each stripe (zero padding at stripe borders), on a
+        # channels-last view. Exported graphs convolve a contiguous copy instead: with a batch of
+        # one, the view's memory format depends on whether there is a single stripe, and
+        # torch.export would fix that to the example input's.
+        v_stripes = vw.transpose(1, 2).reshape(bw, c, sh, sw)
+        lepe = self.get_v(_dense(v_stripes) if is_exporting() else v_stripes)
         lepe = lepe.reshape(bw, self.num_heads, self.head_dim, length).transpose(-2, -1)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(bw, length, self.num_heads, self.head_dim).transpose(1, 2)
 
         mask = None
-        if hp != h or wp != w:
+        if not (is_static_zero(ph) and is_static_zero(pw)):
             # Padded positions must not be attended to.
-            valid = torch.zeros(1, hp, wp, 1, device=q.device, dtype=torch.bool)
-            valid[:, :h, :w] = True
-            key_ok = _window_partition(valid, sh, sw).view(-1, length)        # (nW, L)
+            rows, cols = torch.arange(hp, device=q.device), torch.arange(wp, device=q.device)
+            valid = (rows < h)[:, None] & (cols < w)[None, :]
+            key_ok = _window_partition(valid[None, :, :, None], sh, sw)[..., 0]  # (nW, L)
             key_ok = key_ok.repeat(b, 1)
             mask = key_ok[:, None, None, :]
         out = softmax_attention(heads(qw), heads(kw), heads(vw), bias=mask, scale=self.scale,
                                 dropout_p=self.attn_drop if self.training else 0.0) + lepe
         out = out.transpose(1, 2).reshape(bw, length, c)
-        out = _window_reverse(out, sh, sw, b, hp, wp)[:, :h, :w]
-        return out.reshape(b, n, c)
+        out = unpad_hw(_window_reverse(out, sh, sw, b, hp, wp), ph, pw, channels_last=True)
+        return out.view(b, n, c)

@@ -78,6 +78,7 @@ class ConvStem(nn.Sequential):
                          _MapToTokens(), nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        _helpers.check_image(x, self[0].in_channels)
         x = self[0](_helpers.pad_to_multiple(x, _STEM_STRIDE))
         hw = (x.shape[-2], x.shape[-1])
         return self[2](self[1](x)), hw
@@ -339,9 +340,8 @@ class InLineCSwin(_helpers.ClassifierMixin, nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=(2, 3))
-        else:
-            x = x.permute(0, 2, 3, 1)  # unpooled: per-position logits, NHWC
-        return x if pre_logits else self.head(x)
+            return x if pre_logits else self.head(x)
+        return x if pre_logits else _helpers.head_per_position(self.head, x)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: InLineCSwin
@@ -365,8 +365,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: InLineCSwin
     return out
 
 
-_cfg = partial(_helpers.default_cfg, "stage1_conv_embed.0", fixed_input_size=False,
-               license="mit")
+_cfg = partial(_helpers.default_cfg, "stage1_conv_embed.0", pool_size=(7, 7),
+               fixed_input_size=False, license="mit")
 
 
 default_cfgs = generate_default_cfgs({

@@ -184,7 +184,8 @@ class InLinePVT(_helpers.ClassifierMixin, nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
+            return x if pre_logits else self.head(x)
+        return x if pre_logits else _helpers.head_per_position(self.head, x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
                               norm: bool = False, stop_early: bool = False,

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -57,9 +56,7 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h, w, _ = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = _helpers.pad_hw(x, 2, 2, channels_last=True)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1)
         return self.reduction(self.norm(x))
@@ -101,9 +98,8 @@ class InLineSwinBlock(nn.Module):
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         if self.attn_type == "softmax":
-            # Official rule: no shift (and a single window) once the map fits in one window.
-            shift = self.shift_size if min(h, w) > self.window_size else 0
-            return shifted_window_attention(x, self.attn, shift)
+            # Shifted unless the map fits in one window (the official rule, applied there).
+            return shifted_window_attention(x, self.attn, self.shift_size)
         return self.attn(x.reshape(b, h * w, c), (h, w)).view(b, h, w, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +136,9 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
     Features: stride 4 / 8 / 16 / 32 maps with embed_dim * (1, 2, 4, 8) channels, taken after
     each stage's blocks and before its patch merging.
     """
+
+    # forward_features gives a channels-last map, as timm's Swin (timm reads this attribute).
+    output_fmt = "NHWC"
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 4,
                  in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
@@ -234,12 +233,8 @@ class InLineSwin(_helpers.ClassifierMixin, nn.Module):
         x = self.patch_embed(x)
         if self.absolute_pos_embed is not None:
             b, h, w, c = x.shape
-            pos = self.absolute_pos_embed
-            if (h, w) != self.patch_grid:
-                # Called directly (not via resize_pos_embed_to): that helper returns the table
-                # unchanged when only the token count matches (e.g. 56x56 vs 28x112).
-                pos = resample_abs_pos_embed(pos, [h, w], old_size=self.patch_grid,
-                                             num_prefix_tokens=0, verbose=False)
+            pos = _helpers.pos_embed_for_grid(self.absolute_pos_embed, self.patch_grid, (h, w),
+                                              num_prefix_tokens=0)
             x = x + pos.view(1, h, w, c).to(x.dtype)
         return self.pos_drop(x)
 

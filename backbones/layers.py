@@ -8,7 +8,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from ._helpers import pad_to_multiple
+from ._helpers import check_image, pad_to_multiple
 
 __all__ = ["PatchEmbed", "TokenBlock"]
 
@@ -28,6 +28,7 @@ class PatchEmbed(nn.Module):
                  flatten: bool = False, proj: nn.Module | None = None):
         super().__init__()
         self.patch_size = patch_size
+        self.in_chans = in_chans
         self.flatten = flatten
         self.proj = proj if proj is not None else nn.Conv2d(
             in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -35,6 +36,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[int, int]]:
+        check_image(x, self.in_chans)
         x = self.norm(self.proj(pad_to_multiple(x, self.patch_size)).permute(0, 2, 3, 1))
         if self.flatten:
             return x.flatten(1, 2), (x.shape[1], x.shape[2])

@@ -11,7 +11,7 @@ import math
 import pytest
 import timm
 import torch
-from timm.models import group_parameters
+from timm.models import get_notrace_functions, get_notrace_modules, group_parameters
 
 from backbones import inline_cswin, inline_deit, inline_pvt, inline_swin, l2vit, load_checkpoint
 
@@ -229,6 +229,12 @@ def test_classifier_api_and_bad_arguments(name):
     m.reset_classifier(0)
     assert isinstance(m.get_classifier(), torch.nn.Identity)
     assert m(x).shape == (1, m.num_features)  # pooled features
+    # No pooling: the features as forward_features lays them out; logits at every position.
+    m.eval().reset_classifier(0, "")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.forward_features(x))
+        m.reset_classifier(5, "")
+        assert m(x).shape == family(name)["features"](1, 5, *x.shape[-2:])
     with pytest.raises(ValueError, match="global_pool"):
         m.reset_classifier(0, "max")
     with pytest.raises(ValueError, match="global_pool"):
@@ -253,3 +259,38 @@ def test_no_weight_decay_and_group_matcher(name):
         assert sorted(n for g in groups for n in g) == sorted(names)
         assert first_conv in groups[0] and "head.weight" in groups[-1]
         assert len(groups) >= 3
+
+
+def _fx_traced(m: torch.nn.Module) -> torch.fx.GraphModule:
+    """``m`` symbolically traced in its current mode as timm's model tests trace it: with timm's
+    no-trace modules as leaves and its no-trace functions wrapped."""
+    leaves = tuple(get_notrace_modules())
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, mod: torch.nn.Module, qualname: str) -> bool:
+            return isinstance(mod, leaves) or super().is_leaf_module(mod, qualname)
+
+    tracer = Tracer(autowrap_functions=tuple(get_notrace_functions()), param_shapes_constant=True)
+    return torch.fx.GraphModule(m, tracer.trace(m))
+
+
+@variants
+def test_fx_trace_forward_and_backward(name):
+    """timm's FX contract: no Python branch on a traced size stops the trace, and the traced
+    graph is the model. Eval: the same output to the bit, at a size that needs patch, window and
+    stripe padding and at a square one. Train: every parameter gets a gradient."""
+    torch.manual_seed(0)
+    m = small(name).eval()
+    traced = _fx_traced(m)
+    for hw in ((H, W), (64, 64)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), m(x), rtol=0, atol=0)
+    m = small(name, drop_path_rate=0.1).train()
+    traced = _fx_traced(m)
+    out = traced(torch.randn(2, 3, H, W))
+    assert out.shape == (2, 10)
+    out.mean().backward()
+    for n, p in traced.named_parameters():
+        assert p.grad is not None, n
+    assert sum(p.numel() for p in traced.parameters()) == sum(p.numel() for p in m.parameters())

@@ -219,7 +219,9 @@ def test_timm_api_helpers():
     model = _small()
     assert model.no_weight_decay() == set()
     model.reset_classifier(0, global_pool="")
-    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 2, 2, 256)
+    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 256, 2, 2)  # unpooled: NCHW
+    model.reset_classifier(10, global_pool="")  # per-position logits, NCHW
+    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 10, 2, 2)
 
 
 def test_bad_arguments_raise_clear_errors():
