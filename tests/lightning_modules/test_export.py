@@ -73,7 +73,7 @@ def test_the_detector_wrapper_gives_the_backbone_and_neck_maps(tmp_path):
     cfg.dump(str(config))
     target = export.load_target(str(config))
     assert target.kind == "detector-features"
-    x = torch.rand(1, 3, 100, 150) * 255
+    x = torch.rand(1, 3, 96, 160) * 255  # multiples of 32: no preprocessor padding
     detector = target.model.detector
     with torch.no_grad():
         want = detector.extract_feat(detector.data_preprocessor(
