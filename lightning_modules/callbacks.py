@@ -28,6 +28,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from backbones._helpers import safe_torch_load, trusted_checkpoints
 
+from .checkpoint_checks import check_checkpoint_file
+
 __all__ = ["CheckedStateLoading", "NonFiniteLoss", "SafeCheckpointIO", "check_checkpoint_fits",
            "partial_path", "use_safe_checkpoint_io"]
 
@@ -85,8 +87,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location,
                                            weights_only=not (trusted or trusted_checkpoints()))
         path = str(path).removeprefix("file://")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
+        check_checkpoint_file(path)  # missing, empty, truncated, not a checkpoint: named
         if trusted:
             log.info("loading %s with weights_only=False, as asked", path)
             return torch.load(path, map_location=map_location, weights_only=False)

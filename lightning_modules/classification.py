@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from timm.models import get_pretrained_cfg
@@ -34,7 +33,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from heads.classifier import ImageClassifier
 
 from .callbacks import CheckedStateLoading, NonFiniteLoss, use_safe_checkpoint_io
-from .data_checks import BadSampleError, fetch_skipping
+from .checkpoint_checks import (
+    check_checkpoint_file,
+    check_checkpoint_file_task,
+    check_checkpoint_task,
+    checkpoint_source,
+)
+from .config_checks import check_yaml_configs
+from .data_checks import DEFAULT_MAX_IMAGE_PIXELS, fetch_skipping, load_rgb
 from .distributed import scale_lr, total_batch_size
 
 __all__ = ["ClassificationModule", "ImageFolderDataModule", "PredictionWriter", "cli_main",
@@ -121,6 +127,7 @@ class ClassificationModule(CheckedStateLoading, L.LightningModule):
         self._pretrained_pending = False
         if self.trainer.ckpt_path is not None:
             return
+        check_checkpoint_file(self.hparams.checkpoint, "--model.checkpoint")
         for note in self.model.load_pretrained(self.hparams.checkpoint):
             rank_zero_info(note)
         if self.model_ema is not None:  # the average starts from the loaded weights
@@ -151,6 +158,9 @@ class ClassificationModule(CheckedStateLoading, L.LightningModule):
                  batch_size=1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before its weights are loaded: a detection / segmentation checkpoint is named as such.
+        check_checkpoint_task(checkpoint, "classification",
+                              checkpoint_source(trainer=self._trainer))
         self._pretrained_pending = False  # its weights replace any pretrained ones
 
     def configure_optimizers(self):
@@ -205,26 +215,15 @@ class ClassificationModule(CheckedStateLoading, L.LightningModule):
 
 # ---- data -----------------------------------------------------------------------------------
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, naming the file when it is gone or cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise BadSampleError(f"image file not found: {path} (listed when the dataset was built: "
-                             "moved or deleted since?)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadSampleError(f"cannot read image {path} ({e}): the file is corrupt or not an "
-                             "image; replace or remove it") from None
-
-
 class ImageFolder(Dataset):
     """``root/<class>/<image>``: classes are the sorted sub-folder names (as torchvision's
     ImageFolder), or those given, so that val uses train's class indices. ``skip_bad_samples``:
-    an unreadable image is logged and the next one taken instead of raising."""
+    an unreadable image is logged and the next one taken instead of raising. Images are read by
+    ``data_checks.load_rgb`` (upright, RGB, within ``max_image_pixels``)."""
 
     def __init__(self, root: str | os.PathLike, transform, classes: Sequence[str] | None = None,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root} (expected "
@@ -242,6 +241,7 @@ class ImageFolder(Dataset):
                              f"{', '.join(IMG_EXTENSIONS)})")
         self.transform = transform
         self.skip_bad_samples = skip_bad_samples
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -251,28 +251,31 @@ class ImageFolder(Dataset):
 
     def _load(self, i: int):
         path, label = self.samples[i]
-        return self.transform(load_rgb(path)), label
+        return self.transform(load_rgb(path, self.max_image_pixels)), label
 
 
 class ImageFiles(Dataset):
     """Every image under a folder (any layout), for ``predict``; yields (image, path)."""
 
-    def __init__(self, root: str | os.PathLike, transform):
+    def __init__(self, root: str | os.PathLike, transform,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"predict_dir not found: {root}")
+            raise FileNotFoundError(f"predict_dir not found: {root} (--data.predict_dir)")
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
                                                      if p.suffix.lower() in IMG_EXTENSIONS)
         if not files:
             raise ValueError(f"no images under {root}")
         self.files = [str(p) for p in files]
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return self.transform(load_rgb(self.files[i])), self.files[i]
+        return (self.transform(load_rgb(self.files[i], self.max_image_pixels)),
+                self.files[i])
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -285,7 +288,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     ``batch_size`` is per device. ``predict_dir`` (any folder of images) is what
     ``predict`` reads; it defaults to the val images. ``skip_bad_samples``: an unreadable
     training image is logged and skipped (val / predict images always raise: skipping them would
-    change the metric or the output).
+    change the metric or the output). ``max_image_pixels``: the decompression-bomb guard (images
+    with more pixels are refused, naming this option; 0 or None turns it off).
     """
 
     def __init__(self, data_dir: str = "data/imagenet", model_name: str | None = None,
@@ -297,7 +301,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                  re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1,
                  no_aug: bool = False, train_split: str = "train", val_split: str = "val",
                  predict_dir: str | None = None, pin_memory: bool = True,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         self.save_hyperparameters()
         cfg = get_pretrained_cfg(model_name) if model_name else None
@@ -311,8 +316,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         root = Path(data_dir)
         split = root / train_split if (root / train_split).is_dir() else root / val_split
         if not split.is_dir():
-            raise FileNotFoundError(f"no {train_split}/ or {val_split}/ folder under {root} "
-                                    "(expected the ImageNet layout: DIR/train/<class>/*.JPEG)")
+            where = (f"data_dir {root} does not exist" if not root.is_dir() else
+                     f"no {train_split}/ or {val_split}/ folder under data_dir {root}")
+            raise FileNotFoundError(f"{where} (expected the ImageNet layout: DIR/{train_split}/"
+                                    "<class>/*.JPEG); set --data.data_dir (or data.data_dir in "
+                                    "the YAML) to the dataset's folder")
         self.classes = sorted(d.name for d in split.iterdir() if d.is_dir())
         if not self.classes:
             raise ValueError(f"{split} has no class sub-folders")
@@ -337,15 +345,17 @@ class ImageFolderDataModule(L.LightningDataModule):
     def dataset(self, stage: str) -> Dataset:
         if stage not in self._sets:
             hp, root = self.hparams, Path(self.hparams.data_dir)
+            limit = hp.max_image_pixels
             if stage == "train":
                 ds = ImageFolder(root / hp.train_split, self.transform(True), self.classes,
-                                 skip_bad_samples=hp.skip_bad_samples)
+                                 skip_bad_samples=hp.skip_bad_samples, max_image_pixels=limit)
             elif stage == "predict" and hp.predict_dir:
-                ds = ImageFiles(hp.predict_dir, self.transform(False))
+                ds = ImageFiles(hp.predict_dir, self.transform(False), limit)
             elif stage == "predict":
-                ds = ImageFiles(root / hp.val_split, self.transform(False))
+                ds = ImageFiles(root / hp.val_split, self.transform(False), limit)
             else:  # val and test both read the val split (ImageNet's test labels are private)
-                ds = ImageFolder(root / hp.val_split, self.transform(False), self.classes)
+                ds = ImageFolder(root / hp.val_split, self.transform(False), self.classes,
+                                 max_image_pixels=limit)
             self._sets[stage] = ds
         return self._sets[stage]
 
@@ -418,7 +428,45 @@ class ClassificationCLI(LightningCLI):
         use_safe_checkpoint_io(trainer)  # atomic checkpoint files, weights_only=True loads
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path here (plain torch.load) for its hyper-parameters: the file
+        # and its task are checked first, so that a bad one is named, not a parser error.
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if isinstance(path, str) and Path(path).exists():
+            check_checkpoint_file(path, "--ckpt_path checkpoint")
+            check_checkpoint_file_task(path, "classification")
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        # The data is checked before training (file lists: missing folders, no images), and a
+        # resume from 'last' that has nothing to resume fails instead of training afresh
+        # (Lightning only warns).
+        self.datamodule.dataset("train")
+        if self.trainer.limit_val_batches:
+            self.datamodule.dataset("val")
+        if self.config[self.subcommand].get("ckpt_path") == "last":
+            _check_last_checkpoint(self.trainer)
+
+
+def _check_last_checkpoint(trainer: L.Trainer) -> None:
+    """``--ckpt_path last`` finds a ``last*.ckpt`` in a checkpoint callback's folder."""
+    folders = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
+               if getattr(cb, "dirpath", None)]
+    if not folders:
+        raise ValueError("--ckpt_path last: no checkpoint.dirpath is set, so there is no "
+                         "folder to resume from (each run would write to a new version "
+                         "folder); set checkpoint.dirpath, or give --ckpt_path PATH")
+    if not any(any(f.glob("last*.ckpt")) for f in folders if f.is_dir()):
+        shown = ", ".join(map(str, folders))
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt in {shown}: nothing to resume "
+                                "(Lightning would silently start afresh). Start without "
+                                "--ckpt_path, or give the checkpoint's path")
+
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> ClassificationCLI:
+    """The classification command line (``tools/train_cls.py``); YAML syntax errors in ``-c``
+    files are named with the file and line before jsonargparse reads them."""
+    check_yaml_configs(args)
     return ClassificationCLI(ClassificationModule, ImageFolderDataModule, args=args, run=run,
                              save_config_kwargs={"overwrite": True})

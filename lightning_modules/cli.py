@@ -24,6 +24,13 @@ from mmengine.config import Config, DictAction
 
 from . import compat
 from .callbacks import NonFiniteLoss, use_safe_checkpoint_io
+from .checkpoint_checks import (
+    SCOPE_TASKS,
+    check_checkpoint_file,
+    check_checkpoint_file_task,
+    check_pretrained_files,
+    resume_checkpoint,
+)
 from .mm_bridge import MMModelModule, build_task, load_config, trainer_settings
 
 __all__ = ["test_main", "train_main", "train_parser", "test_parser"]
@@ -112,15 +119,6 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _resume_path(resume: str | None, work_dir: Path) -> str | None:
-    if resume is None:
-        return None
-    path = work_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
-    return str(path)
-
-
 def train_main(module_cls: type[MMModelModule], argv: list[str] | None = None) -> L.Trainer:
     """Build the module and data from the config and fit; returns the Trainer."""
     compat.install()
@@ -133,9 +131,16 @@ def train_main(module_cls: type[MMModelModule], argv: list[str] | None = None) -
         cfg.auto_scale_lr.enable = True
     work_dir = Path(args.work_dir or cfg.get("work_dir") or
                     Path("work_dirs") / Path(args.config).stem)
-    ckpt_path = _resume_path(args.resume, work_dir)
+    # Everything that can be checked before training is, before the model is built: the
+    # checkpoint to resume from (or the pretrained files), the config's keys, the training and
+    # validation data. Nothing in the work dir is written before these pass.
+    ckpt_path = resume_checkpoint(args.resume, work_dir)
+    if ckpt_path is None:
+        check_pretrained_files(cfg)
+    else:
+        check_checkpoint_file_task(ckpt_path, SCOPE_TASKS[module_cls.task_scope])
     L.seed_everything(args.seed, workers=True)
-    module, data = build_task(cfg, module_cls=module_cls)
+    module, data = build_task(cfg, module_cls=module_cls, train=True)
     settings = trainer_settings(cfg)
     by_iter = "max_steps" in settings and settings.get("check_val_every_n_epoch") is None
     checkpoints = ModelCheckpoint(
@@ -164,6 +169,9 @@ def test_main(module_cls: type[MMModelModule], argv: list[str] | None = None) ->
     """Evaluate a training checkpoint on the config's test data; prints and returns metrics."""
     compat.install()
     args = _parse(test_parser(module_cls.__name__), argv)
+    # Before the data and the model are built: a readable checkpoint of this task.
+    check_checkpoint_file(args.checkpoint)
+    check_checkpoint_file_task(args.checkpoint, SCOPE_TASKS[module_cls.task_scope])
     cfg = _config(args)
     L.seed_everything(args.seed, workers=True)
     module, data = build_task(cfg, module_cls=module_cls, eval_split="test")

@@ -15,17 +15,29 @@ import numpy as np
 from mmengine.config import Config
 
 from . import compat
+from .checkpoint_checks import (
+    SCOPE_TASKS,
+    check_checkpoint_file,
+    check_checkpoint_file_task,
+    loading_checkpoint,
+)
+from .config_checks import check_config
+from .data_checks import DEFAULT_MAX_IMAGE_PIXELS, read_header
 from .mm_bridge import load_config, task_module
 
 __all__ = ["infer"]
 
 
-def _read_image(path: str) -> np.ndarray:
+def _read_image(path: str, max_pixels: int | None) -> np.ndarray:
+    """The image as the test pipeline reads it (OpenCV through mmcv: upright, RGB), after the
+    same header checks as training data (empty, unreadable, over ``max_pixels``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
+    header = read_header(path, max_pixels=max_pixels)
     image = mmcv.imread(path, channel_order="rgb")
     if image is None:
-        raise ValueError(f"cannot decode image {path}: not an image or corrupt")
+        raise ValueError(f"image {path} is a {header.format} file, which OpenCV (the pipeline's "
+                         "decoder) cannot read; convert it to JPEG or PNG")
     return image
 
 
@@ -35,29 +47,36 @@ def infer(config: str | os.PathLike, checkpoint: str | os.PathLike, images: list
     (``score_thr`` applies), the class map blended over the image for segmentation."""
     compat.install()
     cfg = load_config(config)
-    # The checkpoint rebuilds the module (its weights and class names); the config given here
-    # decides the test pipeline and test mode.
-    module = task_module(cfg).load_from_checkpoint(checkpoint, map_location="cpu", config=cfg)
+    check_config(cfg)
+    check_checkpoint_file(checkpoint)
+    check_checkpoint_file_task(checkpoint, SCOPE_TASKS[cfg.default_scope])
+    # The checkpoint rebuilds the module (its weights and class names; one of another task is
+    # refused, naming the file); the config given here decides the test pipeline and test mode.
+    with loading_checkpoint(checkpoint):
+        module = task_module(cfg).load_from_checkpoint(checkpoint, map_location="cpu",
+                                                       config=cfg)
     model = module.model.eval()
+    limit = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     if cfg.default_scope == "mmseg":
-        return _segment(model, cfg, module.dataset_meta, images, Path(out_dir))
-    return _detect(model, cfg, module.dataset_meta, images, Path(out_dir), score_thr)
+        return _segment(model, cfg, module.dataset_meta, images, Path(out_dir), limit)
+    return _detect(model, cfg, module.dataset_meta, images, Path(out_dir), score_thr, limit)
 
 
-def _write_pictures(images: list[str], out_dir: Path, predict, draw) -> list[Path]:
+def _write_pictures(images: list[str], out_dir: Path, predict, draw, max_pixels: int | None
+                    ) -> list[Path]:
     """``draw(name, image, predict(path), out_file)`` for each image; the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:
-        image = _read_image(path)
+        image = _read_image(path, max_pixels)  # checked before the model sees it
         out = out_dir / Path(path).name
         draw(Path(path).stem, image, predict(path), str(out))
         written.append(out)
     return written
 
 
-def _detect(model, cfg, meta: dict, images: list[str], out_dir: Path, score_thr: float
-            ) -> list[Path]:
+def _detect(model, cfg, meta: dict, images: list[str], out_dir: Path, score_thr: float,
+            max_pixels: int | None) -> list[Path]:
     from mmdet.apis import inference_detector
     from mmdet.visualization import DetLocalVisualizer
 
@@ -69,10 +88,11 @@ def _detect(model, cfg, meta: dict, images: list[str], out_dir: Path, score_thr:
         images, out_dir, lambda path: inference_detector(model, path),
         lambda name, image, result, out: visualizer.add_datasample(
             name, image, result, draw_gt=False, show=False, pred_score_thr=score_thr,
-            out_file=out))
+            out_file=out), max_pixels)
 
 
-def _segment(model, cfg, meta: dict, images: list[str], out_dir: Path) -> list[Path]:
+def _segment(model, cfg, meta: dict, images: list[str], out_dir: Path, max_pixels: int | None
+             ) -> list[Path]:
     from mmseg.apis import inference_model
     from mmseg.visualization import SegLocalVisualizer
 
@@ -90,4 +110,5 @@ def _segment(model, cfg, meta: dict, images: list[str], out_dir: Path) -> list[P
     return _write_pictures(
         images, out_dir, lambda path: inference_model(model, path),
         lambda name, image, result, out: visualizer.add_datasample(
-            name, image, result, draw_gt=False, show=False, with_labels=False, out_file=out))
+            name, image, result, draw_gt=False, show=False, with_labels=False, out_file=out),
+        max_pixels)

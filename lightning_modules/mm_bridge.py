@@ -46,13 +46,24 @@ from mmengine.utils import import_modules_from_strings
 from torch.utils.data import DataLoader
 
 from .callbacks import CheckedStateLoading
-from .data_checks import build_checked_dataset
+from .checkpoint_checks import SCOPE_TASKS, check_checkpoint_task, checkpoint_source
+from .coco_checks import check_annotation_file
+from .config_checks import check_class_count, check_config, check_data_paths, read_config_file
+from .data_checks import DEFAULT_MAX_IMAGE_PIXELS, build_checked_dataset
 from .distributed import scale_lr, total_batch_size
 
 __all__ = ["MMDataModule", "MMModelModule", "build_task", "load_config", "task_module",
            "trainer_settings"]
 
 SCOPES = ("mmdet", "mmseg")
+
+
+def _ignore_index(cfg: Config) -> int:
+    """The label value segmentation losses and metrics ignore (the decode head's, 255 by
+    default)."""
+    head = (cfg.get("model") or {}).get("decode_head") or {}
+    head = head[0] if isinstance(head, list | tuple) and head else head
+    return head.get("ignore_index", 255) if isinstance(head, Mapping) else 255
 
 
 def load_config(config: str | os.PathLike | Mapping | Config,
@@ -67,10 +78,8 @@ def load_config(config: str | os.PathLike | Mapping | Config,
         cfg = Config(copy.deepcopy(dict(config)))
         if cfg.get("custom_imports"):  # Config.fromfile does this for files
             import_modules_from_strings(**cfg.custom_imports)
-    else:
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f"config file not found: {config}")
-        cfg = Config.fromfile(str(config))
+    else:  # a missing file or _base_, a syntax error: named with the file at fault
+        cfg = read_config_file(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     scope = cfg.get("default_scope")
@@ -92,23 +101,55 @@ def task_module(cfg: Config) -> type[MMModelModule]:
 
 
 def build_task(config: str | os.PathLike | Mapping | Config, cfg_options: dict | None = None,
-               module_cls: type[MMModelModule] | None = None, eval_split: str = "val"
-               ) -> tuple[MMModelModule, MMDataModule]:
+               module_cls: type[MMModelModule] | None = None, eval_split: str = "val",
+               train: bool = False) -> tuple[MMModelModule, MMDataModule]:
     """The LightningModule of the config's task (``module_cls``, by default the one of its
-    ``default_scope``) and its data module, from one config. The module gets the
-    ``eval_split`` dataset's metadata (class names, palette) from the data module, which builds
-    (and checks) that dataset now: bad data fails before any model is built."""
+    ``default_scope``) and its data module, from one config. Before any model is built: the
+    config's keys are checked (``config_checks``), the data module builds (and checks) the
+    ``eval_split`` dataset, whose metadata (class names, palette) the module gets, and its
+    evaluator's annotation file, and with ``train`` the training dataset too; the heads' class
+    counts are matched to the dataset's. Bad input fails here, not in the first step."""
     cfg = load_config(config, cfg_options)
+    check_config(cfg)
     module_cls = module_cls or task_module(cfg)
     data = MMDataModule(cfg)
-    return module_cls(cfg, dataset_meta=data.dataset_meta(eval_split)), data
+    meta = data.dataset_meta(eval_split)
+    if train and cfg.get("train_dataloader"):
+        data.dataset("train")
+    _check_evaluator_files(cfg, eval_split, data, meta)
+    check_class_count(cfg, meta.get("classes") or ())
+    return module_cls(cfg, dataset_meta=meta), data
+
+
+def _check_evaluator_files(cfg: Config, split: str, data: MMDataModule, meta: dict) -> None:
+    """The ``{split}_evaluator``'s COCO annotation files (``CocoMetric`` reads its own) exist and
+    are sound, unless it is the dataset's own file, checked already."""
+    evaluators = cfg.get(f"{split}_evaluator") or []
+    evaluators = [evaluators] if isinstance(evaluators, Mapping) else list(evaluators)
+    dataset = data.dataset(split) if cfg.get(f"{split}_dataloader") else None
+    checked = os.path.abspath(str(getattr(dataset, "ann_file", "") or ""))
+    for i, evaluator in enumerate(evaluators):
+        ann = evaluator.get("ann_file") if isinstance(evaluator, Mapping) else None
+        ann = os.fspath(ann) if isinstance(ann, os.PathLike) else ann
+        if not (isinstance(ann, str) and ann.endswith(".json") and "://" not in ann):
+            continue
+        key = f"{split}_evaluator" + (f"[{i}]" if len(evaluators) > 1 else "") + ".ann_file"
+        if not os.path.isfile(ann):
+            raise FileNotFoundError(f"{key}: {ann} does not exist. The metric reads the "
+                                    "annotations from there: point it at the evaluation set's "
+                                    f"file, e.g. --cfg-options {key}=PATH")
+        if os.path.abspath(ann) != checked:  # format_only: a test-dev image list, no labels
+            check_annotation_file(ann, meta.get("classes"),
+                                  need_annotations=not evaluator.get("format_only", False))
 
 
 def trainer_settings(cfg: Config) -> dict[str, Any]:
     """Trainer arguments that the config decides: run length, validation interval, logging
     interval, gradient accumulation. Command-line Trainer flags may override them."""
     train_cfg = cfg.get("train_cfg") or {}
-    loop = train_cfg.get("type", "EpochBasedTrainLoop")
+    # mmengine's Runner takes by_epoch=False (no type) as an iteration-based loop.
+    loop = train_cfg.get("type") or ("EpochBasedTrainLoop" if train_cfg.get("by_epoch", True)
+                                      else "IterBasedTrainLoop")
     out: dict[str, Any] = {}
     if loop == "EpochBasedTrainLoop":
         out.update(max_epochs=train_cfg.get("max_epochs", 1),
@@ -178,6 +219,10 @@ class MMModelModule(CheckedStateLoading, L.LightningModule):
                 self.model.init_weights()  # the heads' init, pretrained backbone files
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before its weights are loaded: another task's checkpoint is named as such, not as a
+        # list of missing keys.
+        check_checkpoint_task(checkpoint, SCOPE_TASKS[self.task_scope],
+                              checkpoint_source(trainer=self._trainer))
         self._initialised = True  # a checkpoint's weights: no init_weights over them later
 
     # ---- data ---------------------------------------------------------------------------
@@ -258,10 +303,13 @@ class MMModelModule(CheckedStateLoading, L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
-        clip = (self.cfg.optim_wrapper or {}).get("clip_grad")
-        if clip:  # the config's clip_grad, e.g. dict(max_norm=35, norm_type=2)
+        clip = dict((self.cfg.optim_wrapper or {}).get("clip_grad") or {})
+        if clip:  # the config's clip_grad, e.g. dict(max_norm=35, norm_type=2), as mmengine's
             params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, **clip)
+            if clip.pop("type", "norm") == "value":
+                torch.nn.utils.clip_grad_value_(params, **clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, **clip)
         elif gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -357,9 +405,12 @@ class MMDataModule(L.LightningDataModule):
             # Bad samples: named errors; skip_bad_samples=True (config key) skips bad training
             # samples instead (lightning_modules/data_checks.py).
             skip = split == "train" and bool(self.cfg.get("skip_bad_samples", False))
+            check_data_paths(split, loader_cfg["dataset"])  # named by config key
             try:
-                self._datasets[split] = build_checked_dataset(loader_cfg["dataset"], skip,
-                                                              training=split == "train")
+                self._datasets[split] = build_checked_dataset(
+                    loader_cfg["dataset"], skip, training=split == "train",
+                    max_image_pixels=self.cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+                    ignore_index=_ignore_index(self.cfg))
             except FileNotFoundError as e:  # mm's own message names the path, not the fix
                 root = loader_cfg["dataset"].get("data_root")
                 raise FileNotFoundError(
