@@ -170,6 +170,22 @@ def test_window_attention_matches_explicit(shift, rel_pos):
                                window_reference(x, attn, shift), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("hw", [(7, 20), (20, 5), (3, 3)])
+def test_window_attention_does_not_shift_a_map_that_fits_one_window(hw):
+    """Swin's rule: a map with min(H, W) <= window is not shifted, even by a shifted block."""
+    attn = A.WindowAttention(12, window_size=7, num_heads=3)
+    x = torch.randn(2, *hw, 12)
+    torch.testing.assert_close(A.shifted_window_attention(x, attn, 3),
+                               window_reference(x, attn, 0), atol=1e-5, rtol=1e-4)
+
+
+def test_roll_as_slices_equals_torch_roll():
+    x = torch.randn(2, 7, 9, 3)
+    for sh, sw in ((0, 0), (3, 3), (6, 2), (7, 9)):
+        torch.testing.assert_close(A._roll_hw(x, sh, sw), torch.roll(x, (-sh, -sw), (1, 2)),
+                                   rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("branch", [0, 1, -1])
 def test_lepe_attention_matches_explicit(branch):
     """Cross-shaped stripes on an odd grid: softmax over the real tokens of each stripe, plus the

@@ -109,6 +109,17 @@ def test_forward_shapes_and_backward_any_size(name):
 
 
 @variants
+def test_any_size_down_to_one_pixel_and_a_clear_error_below(name):
+    m = small(name).eval()
+    with torch.no_grad():
+        for hw in ((1, 1), (2, 5)):
+            out = m(torch.randn(1, 3, *hw))
+            assert out.shape == (1, 10) and torch.isfinite(out).all()
+        with pytest.raises(AssertionError, match="H, W >= 1"):
+            m(torch.randn(1, 3, 0, 8))
+
+
+@variants
 def test_features_only_and_intermediates(name):
     torch.manual_seed(0)
     fam = family(name)

@@ -41,6 +41,28 @@ def test_patch_embed_with_another_projection():
     torch.testing.assert_close(pe(x), proj(F.pad(x, (0, 1, 0, 1))).permute(0, 2, 3, 1))
 
 
+def test_pad_and_unpad_to_multiples():
+    x = torch.randn(2, 3, 10, 13)
+    padded = _helpers.pad_hw(x, 4, 8)
+    assert padded.shape == (2, 3, 12, 16)
+    torch.testing.assert_close(padded, F.pad(x, (0, 3, 0, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(_helpers.unpad_hw(padded, 2, 3), x, rtol=0, atol=0)
+    nhwc = x.permute(0, 2, 3, 1)
+    padded = _helpers.pad_hw(nhwc, 4, 8, channels_last=True)
+    torch.testing.assert_close(padded, F.pad(nhwc, (0, 0, 0, 3, 0, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(_helpers.unpad_hw(padded, 2, 3, channels_last=True), nhwc)
+    assert _helpers.unpad_hw(padded, 2, 3, channels_last=True).is_contiguous()
+    # Nothing to pad at a concrete size: the tensor itself, no copy.
+    assert _helpers.pad_hw(x, 5, 13) is x and _helpers.unpad_hw(x, 0, 0) is x
+    assert [_helpers.pad_amount(n, 4) for n in (1, 4, 5, 8)] == [3, 0, 3, 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 8), (1, 3, 8, 0), (1, 4, 8, 8), (3, 8, 8)])
+def test_patch_embed_rejects_what_is_not_an_image_batch(shape):
+    with pytest.raises(AssertionError, match=r"\(B, 3, H, W\) with H, W >= 1"):
+        PatchEmbed(4, 3, 8)(torch.randn(shape))
+
+
 def test_run_blocks_runs_each_block_in_order_with_the_arguments():
     seen = []
 
