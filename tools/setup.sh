@@ -49,10 +49,11 @@ if [[ $ops == cpu ]]; then
     # ~13-20 min on 2 cores the first time, cached by uv after. No GPU may leak into the build:
     # mmcv's setup.py switches to CUDA whenever torch sees one.
     echo "setup: mmcv==$MMCV_VERSION with CPU ops (built from source on the first run; cached afterwards)"
-    swap=()   # a venv set up for CUDA before holds CUDA mmcv under the same version
-    [[ ! -d $VENV/cuda ]] || { swap=(--reinstall-package mmcv); rm -rf "$VENV/cuda"; }
+    # A venv set up for CUDA before holds CUDA mmcv under the same version: uninstall it (not
+    # --reinstall-package, which also refreshes uv's cache and so rebuilds the cached wheel).
+    [[ ! -d $VENV/cuda ]] || { "${uv[@]}" uninstall -q mmcv || true; rm -rf "$VENV/cuda"; }
     CUDA_VISIBLE_DEVICES="" FORCE_CUDA=0 MMCV_WITH_OPS=1 \
-        "${uv[@]}" install -q "${swap[@]}" --no-build-isolation --no-deps "mmcv==$MMCV_VERSION"
+        "${uv[@]}" install -q --no-build-isolation --no-deps "mmcv==$MMCV_VERSION"
 else
     # Toolchain (a system CUDA_HOME of torch's CUDA major version, else the registry's nvidia
     # wheels of torch's exact version), architectures and job count; exits 2 with the reason and
@@ -67,11 +68,14 @@ else
         tr -c '0-9.\n' '_' <<< "$TORCH_CUDA_ARCH_LIST")
     log=$VENV/mmcv-cuda-build.log
     echo "setup: mmcv==$MMCV_VERSION with CUDA ops: CUDA_HOME=$CUDA_HOME" \
-        "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS (first build: ~10 min on 16" \
-        "cores, an hour on 2; log: $log)"
+        "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS (first build: 136 files," \
+        "62 CPU-minutes for one architecture; cached afterwards; log: $log)"
+    # Whatever mmcv is installed (a CPU build, another architecture's) goes first, so that the
+    # install below takes this cache's build (--reinstall-package would refresh, i.e. rebuild).
+    "${uv[@]}" uninstall -q mmcv 2>/dev/null || true
     if ! PATH="$CUDA_HOME/bin:$PATH" FORCE_CUDA=1 MMCV_WITH_OPS=1 UV_CACHE_DIR=$cuda_cache \
-        "${uv[@]}" install -v --reinstall-package mmcv --no-build-isolation --no-deps \
-        "mmcv==$MMCV_VERSION" > "$log" 2>&1; then
+        "${uv[@]}" install -v --no-build-isolation --no-deps "mmcv==$MMCV_VERSION" > "$log" 2>&1
+    then
         tail -n 30 "$log" >&2
         echo "setup: the CUDA build of mmcv failed (whole log: $log). Fixes: a lower MAX_JOBS if the" \
             "compiler was killed for memory; CUDA_HOME=<a CUDA toolkit of torch's version> if the" \
