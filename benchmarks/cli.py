@@ -1,4 +1,5 @@
-"""Command line of ``tools/benchmark.py``: the model and op modes (``det_step`` has the third)."""
+"""Command line of ``tools/benchmark.py``: the model, op and whole-model (``seg`` / ``det``) modes
+(``det_step`` has the fourth)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,20 @@ from .report import format_table, plot_records, plot_title, run_meta, scaling_ta
 from .suite import MALLOC, MODES, add_op_rooflines, model_jobs, op_jobs, run_suite
 from .workloads import EXTRA_OPS, OPS, parse_model_spec
 
-__all__ = ["build_parser", "check_args", "main"]
+__all__ = ["TASK_MODES", "build_parser", "check_args", "main"]
+
+TASK_MODES = ("seg", "det")  # whole MM models (benchmarks.task)
+DEFAULT_SIZES = {"seg": ["512", "1024", "1024x2048", "2048"], "det": ["800x1333", "1600x2666"]}
+
+
+def _size(text: str) -> int | str:
+    """A size argument: an int (square) or ``HxW`` (whole-model modes)."""
+    if text.isdigit():
+        return int(text)
+    h, x, w = text.lower().partition("x")
+    if not (x and h.isdigit() and w.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: write S or HxW, e.g. 1024 or 1024x2048")
+    return text.lower()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
                " --sizes 512\n"
                "  tools/benchmark.py --op --tokens 1024 4096 16384 65536 --out ops.json\n"
                "  tools/benchmark.py --mode det-step --config "
-               "configs/demo/mask-rcnn_inline-pvt-demo_fpn_demo-coco.py --iters 20")
+               "configs/demo/mask-rcnn_inline-pvt-demo_fpn_demo-coco.py --iters 20\n"
+               "  tools/benchmark.py --mode seg --sizes 512 1024 1024x2048 --slide-sizes "
+               "1024x2048 --models inline_swin_tiny l2vit_tiny swin_tiny_patch4_window7_224\n"
+               "  tools/benchmark.py --mode det --sizes 800x1333 1600x2666 --phases infer train")
     ap.add_argument("--models", nargs="+", default=[], metavar="NAME[:k=v,...]",
                     help="timm names, with constructor overrides after ':'")
-    ap.add_argument("--sizes", nargs="+", type=int, default=[224, 512, 1024, 2048],
-                    help="square input sizes (default: %(default)s)")
-    ap.add_argument("--mode", choices=(*MODES, "det-step"), default="infer")
+    ap.add_argument("--sizes", nargs="+", type=_size, default=None,
+                    help="square input sizes (default: 224 512 1024 2048); seg / det modes "
+                         "also HxW (default: seg " + " ".join(DEFAULT_SIZES["seg"]) + ", det "
+                         + " ".join(DEFAULT_SIZES["det"]) + ")")
+    ap.add_argument("--mode", choices=(*MODES, *TASK_MODES, "det-step"), default="infer",
+                    help="infer / train: timm backbones (--models); seg / det: whole UperNet / "
+                         "Mask R-CNN from MM configs (--task-models, with --models as the "
+                         "backbones alone in the same run); det-step: Lightning vs Runner")
+    ap.add_argument("--task-models", nargs="+", default=None, metavar="NAME",
+                    help="seg / det: models of benchmarks.task.TASK_MODELS (default: all of "
+                         "the task's)")
+    ap.add_argument("--phases", nargs="+", default=None,
+                    help="seg: whole and / or slide (sliding window at --slide-sizes); det: "
+                         "infer and / or train (one training step) (default: all)")
+    ap.add_argument("--slide-sizes", nargs="+", type=_size, default=[],
+                    help="seg: sizes for sliding-window inference (the configs' 512 crop, "
+                         "stride 341)")
+    ap.add_argument("--long-job", type=float, default=None, metavar="S",
+                    help="a job predicted over S seconds per iteration (from its series' "
+                         "previous size) runs with no warm-up and one timed run")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--precision", choices=tuple(PRECISIONS), default="32")
     ap.add_argument("--compile", action="store_true",
@@ -84,13 +118,39 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument errors that argparse cannot see, each naming the fix."""
     if args.from_json:
         return
+    if args.mode in TASK_MODES:
+        from .task import PHASES, TASK_MODELS, parse_shape
+
+        args.sizes = args.sizes or DEFAULT_SIZES[args.mode]
+        args.task_models = args.task_models or [n for n, m in TASK_MODELS.items()
+                                                if m[0] == args.mode]
+        args.phases = args.phases or list(PHASES[args.mode])
+        for name in args.task_models:
+            if TASK_MODELS.get(name, ("",))[0] != args.mode:
+                ap.error(f"--task-models {name}: not a {args.mode} model; use "
+                         f"{[n for n, m in TASK_MODELS.items() if m[0] == args.mode]}")
+        for phase in args.phases:
+            if phase not in PHASES[args.mode]:
+                ap.error(f"--phases {phase}: {args.mode} has {PHASES[args.mode]}")
+        for size in [*args.sizes, *args.slide_sizes]:
+            try:
+                parse_shape(size)
+            except ValueError as e:
+                ap.error(str(e))
+        if "slide" in args.phases and not args.slide_sizes:
+            ap.error("--phases slide needs --slide-sizes")
+    else:
+        args.sizes = args.sizes or [224, 512, 1024, 2048]
     if args.mode == "det-step":
         if not args.config:
             ap.error("--mode det-step needs --config (an MM detection config)")
         if min(args.iters, args.rounds) < 1 or args.warmup_iters < 0:
             ap.error("det-step: --iters and --rounds must be >= 1, --warmup-iters >= 0")
         return
-    if args.op is None and not args.models:
+    if args.mode not in TASK_MODES and any(isinstance(s, str) for s in args.sizes):
+        ap.error(f"--sizes {args.sizes}: HxW sizes are for --mode seg / det; the backbone "
+                 "modes take square sizes")
+    if args.op is None and not args.models and args.mode not in TASK_MODES:
         ap.error("give --models NAME ... (timm names), or --op for the attention-op mode")
     if args.op is not None and args.models:
         ap.error("--op times attention ops alone; run --models in a separate call")
@@ -99,7 +159,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ap.error(f"{name} must be >= 1, got {value}")
     if args.warmup < 0:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
-    if any(s < 32 for s in args.sizes):
+    if any(isinstance(s, int) and s < 32 for s in args.sizes):
         ap.error(f"--sizes must be >= 32 pixels, got {args.sizes}")
     if args.malloc != "system" and args.no_isolate:
         ap.error("--malloc applies at process start: it needs isolated jobs (drop --no-isolate)")
@@ -119,7 +179,13 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
             data = json.load(f)
         records = data["records"]
         print(format_table(records) + "\n\n" + scaling_table(records))
-        if args.plot:
+        if any(r["kind"] == "task" for r in records):
+            from .task_report import pair_table, plot_pairs
+
+            print("\n" + pair_table(records))
+            if args.plot:
+                print("plots: " + ", ".join(plot_pairs(records, args.plot)))
+        elif args.plot:
             plot_records(records, args.plot, title=plot_title(records))
         return records
     meta = run_meta(argv)
@@ -127,6 +193,8 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         jobs = op_jobs(args.op or OPS, args.tokens, args.dim, args.heads, args.batch,
                        args.precision, args.device, args.warmup, args.runs, args.threads,
                        args.malloc, args.compile)
+    elif args.mode in TASK_MODES:
+        jobs = _task_mode_jobs(args)
     else:
         specs = [parse_model_spec(m) for m in args.models]
         jobs = model_jobs(specs, args.sizes, args.mode, args.batch, args.precision,
@@ -135,12 +203,16 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     if args.profile:
         jobs = [dict(j, profile=True) if j["kind"] != "machine" else j for j in jobs]
     records = run_suite(jobs, args.budget, args.mem_budget, isolate=not args.no_isolate,
-                        log=lambda line: print(line, flush=True))
+                        long_job_s=args.long_job, log=lambda line: print(line, flush=True))
     add_op_rooflines(records)
     print()
     print(format_table(records))
     print()
     print(scaling_table(records))
+    if args.mode in TASK_MODES:
+        from .task_report import pair_table
+
+        print("\n" + pair_table(records))
     for r in records:
         if r.get("profile"):
             print(f"\nprofile of {r['label']} @ {r.get('size') or r.get('tokens')}: "
@@ -149,7 +221,26 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     if args.out:
         write_results(args.out, meta, records)
         print(f"\nrecords: {args.out}")
-    if args.plot:
+    if args.plot and args.mode in TASK_MODES:
+        from .task_report import plot_pairs
+
+        print("plots: " + ", ".join(plot_pairs(records, args.plot)))
+    elif args.plot:
         plot_records(records, args.plot, title=plot_title(records))
         print(f"plot: {args.plot}")
     return records
+
+
+def _task_mode_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The whole-model jobs and, with ``--models``, the timm backbones alone at the square sizes,
+    all in one list ordered by pixels (at a size: the whole models first)."""
+    from .task import parse_shape, task_jobs
+
+    jobs = task_jobs(args.task_models, args.sizes, args.phases, args.slide_sizes, args.device,
+                     args.warmup, args.runs, args.threads, args.precision, args.malloc)
+    square = sorted({h for h, w in map(parse_shape, args.sizes) if h == w})
+    if args.models and square:
+        jobs += model_jobs([parse_model_spec(m) for m in args.models], square, "infer",
+                           args.batch, args.precision, args.compile, args.channels_last,
+                           args.device, args.warmup, args.runs, args.threads, False, args.malloc)
+    return sorted(jobs, key=lambda j: j["pixels"])  # stable: the order within a size is kept

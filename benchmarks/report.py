@@ -31,12 +31,17 @@ def one_line(r: dict[str, Any]) -> str:
             return f"machine reference: {r['status']} ({r.get('reason')})"
         return (f"machine: {r['device']}, {r['threads']} threads, copy bandwidth "
                 f"{r['bandwidth_gb_s']:.1f} GB/s, fp32 matmul {r['matmul_gflop_s']:.0f} GFLOP/s")
-    where = f"{r['label']} @ {r['size']}px" if r["kind"] == "model" else \
+    where = f"{r['label']} @ {r['size']}px" if r["kind"] in ("model", "task") else \
         f"{r['op']} @ N={r['tokens']}"
     if r["status"] != OK:
         return f"{where}: {r['status']} ({r.get('reason')})"
     cpu = f", cpu {r['cpu_time_ms']:.1f} ms" if "cpu_time_ms" in r else ""
     mem = f", peak {r['peak_mem_mb']:.0f} MB" if r.get("peak_mem_mb") is not None else ""
+    if r["kind"] == "task":
+        parts = r.get("parts_cpu_ms") or r.get("parts_ms") or {}
+        split = ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
+        return f"{where}: {r['latency_ms']:.1f} ms{cpu}{mem} ({split})" + \
+            (f" [{r['reduced']}]" if r.get("reduced") else "")
     return f"{where}: {r['latency_ms']:.1f} ms{cpu}{mem}, {r['gflops']:.3g} GFLOPs"
 
 
@@ -80,7 +85,7 @@ def scaling_table(records: Sequence[dict[str, Any]]) -> str:
     key = _time_key(records)
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        if r["kind"] in ("model", "op") and r["status"] == OK:
+        if r["kind"] in ("model", "op", "task") and r["status"] == OK:
             by.setdefault(r["label"], []).append(r)
     lines = ["| series | from | to | pixel ratio | time ratio / pixel ratio | "
              "memory ratio / pixel ratio |", "|---|---|---|---|---|---|"]
@@ -99,10 +104,12 @@ def scaling_table(records: Sequence[dict[str, Any]]) -> str:
 
 def plot_title(records: Sequence[dict[str, Any]]) -> str:
     """What the plotted records were measured with, in one line."""
-    r = next((r for r in records if r["kind"] in ("model", "op")), None)
+    r = next((r for r in records if r["kind"] in ("task", "model", "op")), None)
     if r is None:
         return ""
     what = "attention ops" if r["kind"] == "op" else f"{r['mode']}, batch {r['batch']}"
+    if r["kind"] == "task":
+        what = f"{r['task']} ({', '.join(sorted({x['phase'] for x in records if 'phase' in x}))})"
     extra = [f"{r.get('threads')} thread(s)", f"precision {r['precision']}",
              f"malloc {r.get('malloc', 'system')}"]
     extra += [k.replace("_", " ") for k in ("compile", "channels_last", "grad_checkpointing")
@@ -119,7 +126,7 @@ def plot_records(records: Sequence[dict[str, Any]], path: str | os.PathLike,
     import matplotlib.pyplot as plt
 
     key = _time_key(records)
-    ok = [r for r in records if r["kind"] in ("model", "op") and r["status"] == OK]
+    ok = [r for r in records if r["kind"] in ("model", "op", "task") and r["status"] == OK]
     if not ok:
         raise ValueError("no successful measurement to plot")
     is_op = ok[0]["kind"] == "op"

@@ -26,7 +26,8 @@ from .measure import ERROR, OK, OOM, PRECISIONS, TOO_SLOW, is_oom, run_job
 from .report import one_line
 from .workloads import EXTRA_OPS, OPS, ModelSpec, model_gflops, op_gflops, square_grid
 
-__all__ = ["MALLOC", "MODES", "add_op_rooflines", "guard", "model_jobs", "op_jobs", "run_suite"]
+__all__ = ["MALLOC", "MODES", "add_op_rooflines", "guard", "model_jobs", "op_jobs", "predict_s",
+           "run_suite"]
 
 MODES = ("infer", "train")
 # glibc allocator settings for the worker processes ("system": as inherited). "keep": large
@@ -76,14 +77,24 @@ def _series(job: dict[str, Any]) -> tuple:
     return tuple(json.dumps(job.get(k), sort_keys=True) for k in keys)
 
 
+def predict_s(prev: dict[str, Any], job: dict[str, Any]) -> float | None:
+    """Seconds per iteration of ``job`` from ``prev`` (the same series' previous successful
+    record): scaled by FLOPs where both have them, else by ``work`` (the pixels a whole model
+    processes: sliding-window crops included), else None."""
+    for key in ("gflops", "work"):
+        if prev.get(key) and job.get(key):
+            return prev["latency_ms"] / 1e3 * job[key] / prev[key]
+    return None
+
+
 def guard(prev: dict[str, Any], job: dict[str, Any], budget_s: float,
           mem_budget_mb: float | None) -> dict[str, Any] | None:
     """A ``too_slow`` / ``out_of_memory`` record for ``job`` if its cost predicted from ``prev``
     (the same series' previous successful record) exceeds a budget, else None. Time scales with
-    FLOPs (quadratic attention included), memory with pixels (tokens)."""
-    if not (prev.get("gflops") and job.get("gflops")):
+    FLOPs (quadratic attention included) or work (``predict_s``), memory with pixels (tokens)."""
+    per_iter = predict_s(prev, job)
+    if per_iter is None:
         return None
-    per_iter = prev["latency_ms"] / 1e3 * job["gflops"] / prev["gflops"]
     estimate = per_iter * (job["warmup"] + 1)
     scale = job["pixels"] / prev["pixels"]
     mem = (prev.get("peak_mem_mb") or 0.0) * scale
@@ -101,11 +112,13 @@ def guard(prev: dict[str, Any], job: dict[str, Any], budget_s: float,
 
 def run_suite(jobs: Iterable[dict[str, Any]], budget_s: float = 120.0,
               mem_budget_mb: float | None = None, isolate: bool = True,
-              startup_s: float = 90.0,
+              startup_s: float = 90.0, long_job_s: float | None = None,
               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run jobs in order (give each series' sizes ascending), with the guards of the module
     docstring. ``budget_s``: time for one job's iterations; ``mem_budget_mb``: memory for one job
-    (CPU default: 70% of MemAvailable; CUDA: the device's memory)."""
+    (CPU default: 70% of MemAvailable; CUDA: the device's memory). ``long_job_s``: a job predicted
+    to take longer per iteration runs with no warm-up and one timed run (recorded in
+    ``reduced``)."""
     avail = _mem_available_mb()
     last: dict[tuple, dict[str, Any]] = {}
     records = []
@@ -121,6 +134,11 @@ def run_suite(jobs: Iterable[dict[str, Any]], budget_s: float = 120.0,
             if job["kind"] != "machine" and mem:
                 job["mem_limit_mb"] = mem
         prev = last.get(_series(job))
+        per_iter = predict_s(prev, job) if prev is not None else None
+        if long_job_s and per_iter and per_iter > long_job_s and \
+                (job["warmup"] or job["runs"] > 1):
+            job.update(warmup=0, runs=1, reduced=f"warm-up 0 and 1 run: predicted "
+                       f"{per_iter:.0f} s per iteration > {long_job_s:.0f} s")
         rec = guard(prev, job, budget_s, mem) if prev is not None else None
         if rec is None:
             rec = (_run_isolated(job, budget_s * 1.25 + startup_s) if isolate else run_job(job))
