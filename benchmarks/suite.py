@@ -134,6 +134,10 @@ def run_suite(jobs: Iterable[dict[str, Any]], budget_s: float = 120.0,
             if job["kind"] != "machine" and mem:
                 job["mem_limit_mb"] = mem
         prev = last.get(_series(job))
+        if prev is None and job.get("work"):
+            # A whole model's first job of a phase (sliding window, training): predicted from
+            # the same model's latest job of another phase, by work.
+            prev = last.get(("work", job["kind"], job.get("model")))
         per_iter = predict_s(prev, job) if prev is not None else None
         if long_job_s and per_iter and per_iter > long_job_s and \
                 (job["warmup"] or job["runs"] > 1):
@@ -145,6 +149,8 @@ def run_suite(jobs: Iterable[dict[str, Any]], budget_s: float = 120.0,
         rec.pop("mem_limit_mb", None)
         if rec["status"] == OK and rec["kind"] != "machine":
             last[_series(job)] = rec
+            if rec.get("work"):
+                last[("work", rec["kind"], rec.get("model"))] = rec
         records.append(rec)
         if log:
             log(one_line(rec))
