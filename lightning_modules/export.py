@@ -18,6 +18,7 @@ order) themselves, so the exported file takes plain RGB pixels.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -92,6 +93,43 @@ class DetectorFeatures(_RGBInput):
         return tuple(self.detector.extract_feat(self.normalise(rgb)))
 
 
+class _IntegerUpsample(nn.Module):
+    """mmseg's ``Upsample`` for a whole-number scale factor, with the output size as integer
+    arithmetic: mmseg computes ``int(size * factor)`` in floats, which the exporters can only
+    answer by fixing the input size. Same ``F.interpolate`` call, same result."""
+
+    def __init__(self, factor: int, mode: str, align_corners: bool | None):
+        super().__init__()
+        self.factor, self.mode, self.align_corners = factor, mode, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2] * self.factor, x.shape[-1] * self.factor)
+        return F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the MM layers that specialise on the input size replaced by
+    equivalents that do not (the check compares the export with the unchanged model)."""
+    try:
+        from mmseg.models.utils import Upsample
+    except ImportError:  # no mmseg: nothing of it to replace
+        return model
+
+    def replaceable(m: nn.Module) -> bool:
+        return (isinstance(m, Upsample) and not m.size and not isinstance(m.scale_factor, tuple)
+                and float(m.scale_factor).is_integer())
+
+    if not any(replaceable(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if replaceable(child):
+                setattr(parent, name, _IntegerUpsample(int(child.scale_factor), child.mode,
+                                                       child.align_corners))
+    return model
+
+
 class _Tuple(nn.Module):
     """timm's ``features_only`` models return a list; exporters want a tuple."""
 
@@ -112,6 +150,9 @@ class ExportTarget:
     input: str  # what the input tensor holds
     example_size: tuple[int, int]
     info: dict[str, Any] = field(default_factory=dict)
+    # Smallest height / width exported by default: every map inside must stay at least 2 pixels
+    # a side, as torch.export specialises sizes of 1.
+    min_size: int = 64
 
 
 def _timm_target(name: str, checkpoint: str | None, model_kwargs: dict,
@@ -161,6 +202,10 @@ def _classifier_weights(checkpoint: str, kwargs: dict) -> dict[str, torch.Tensor
     model_kwargs are adopted) or a plain / official state dict."""
     from backbones._helpers import read_checkpoint, unwrap_state_dict
 
+    from .checkpoint_checks import check_checkpoint_file, check_checkpoint_file_task
+
+    check_checkpoint_file(checkpoint, "--checkpoint")
+    check_checkpoint_file_task(checkpoint, "classification")
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if hp and "model_name" in hp:
@@ -175,13 +220,25 @@ def _classifier_weights(checkpoint: str, kwargs: dict) -> dict[str, torch.Tensor
 
 def _mm_target(config: str, checkpoint: str | None) -> ExportTarget:
     from . import compat
+    from .checkpoint_checks import (
+        SCOPE_TASKS,
+        check_checkpoint_file,
+        check_checkpoint_file_task,
+        loading_checkpoint,
+    )
+    from .config_checks import check_config
     from .mm_bridge import load_config, task_module
 
     compat.install()
     cfg = load_config(config)
+    check_config(cfg)  # misspelt keys named before anything is built
     module_cls = task_module(cfg)
     if checkpoint:
-        module = module_cls.load_from_checkpoint(checkpoint, map_location="cpu", config=cfg)
+        # Missing, empty, truncated, not a checkpoint, another task's: named before loading.
+        check_checkpoint_file(checkpoint, "--checkpoint")
+        check_checkpoint_file_task(checkpoint, SCOPE_TASKS[cfg.default_scope])
+        with loading_checkpoint(checkpoint):
+            module = module_cls.load_from_checkpoint(checkpoint, map_location="cpu", config=cfg)
     else:  # random weights: the graph is what matters
         module = module_cls(cfg)
     model = module.model.eval()
@@ -196,9 +253,10 @@ def _mm_target(config: str, checkpoint: str | None) -> ExportTarget:
                               _test_size(cfg), {"config": str(config)})
         target.info["classes"] = list((module.dataset_meta or {}).get("classes") or [])
         return target
+    # 128: the FPN's stride-64 level (P6) has 2 pixels a side from 65 up.
     return ExportTarget(DetectorFeatures(model).eval(), "detector-features",
                         "RGB image (N, 3, H, W), float32 values 0..255", _test_size(cfg),
-                        {"config": str(config)})
+                        {"config": str(config)}, min_size=128)
 
 
 def _test_size(cfg) -> tuple[int, int]:
@@ -244,7 +302,7 @@ def _dynamic_hw(min_size: int, max_size: int) -> dict[int, Any]:
 
 
 def export_model(target: ExportTarget, out: str | os.PathLike, fmt: str = "onnx",
-                 example_size: tuple[int, int] | None = None, min_size: int = 64,
+                 example_size: tuple[int, int] | None = None, min_size: int | None = None,
                  max_size: int = 4096) -> Path:
     """Export ``target.model`` with dynamic height and width in ``[min_size, max_size]`` from an
     example of ``example_size`` (default: the target's); raises ``RuntimeError`` naming the
@@ -252,11 +310,12 @@ def export_model(target: ExportTarget, out: str | os.PathLike, fmt: str = "onnx"
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     h, w = example_size or target.example_size
+    min_size = min_size or target.min_size
     example = _example(target, h, w)
     dynamic = {"x": _dynamic_hw(min_size, max_size)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = _Named(target.model).eval()
+    model = _Named(_exportable(target.model)).eval()
     try:
         with torch.no_grad():
             # torch.export first, for both formats: its shape guards fail loudly where the

@@ -44,7 +44,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--check-sizes", type=parse_size, nargs="+",
                     default=[parse_size(s) for s in ("250x333", "512x384", "1024x1024")],
                     help="sizes the exported file is compared with eager at")
-    ap.add_argument("--min-size", type=int, default=64, help="smallest height / width allowed")
+    ap.add_argument("--min-size", type=int, default=None,
+                    help="smallest height / width allowed (default: 64; detectors 128)")
     ap.add_argument("--max-size", type=int, default=4096, help="largest height / width allowed")
     ap.add_argument("--tolerance", type=float, default=1e-3,
                     help="exit status 1 if a difference exceeds this")
@@ -52,12 +53,13 @@ def main(argv=None) -> dict:
     try:
         target = load_target(args.target, args.checkpoint, json.loads(args.model_kwargs),
                              args.features_only)
-        path = export_model(target, args.out, args.format, args.size, args.min_size,
+        min_size = args.min_size or target.min_size
+        path = export_model(target, args.out, args.format, args.size, min_size,
                             args.max_size)
         diffs = check_export(target, path, args.format, args.check_sizes)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         sys.exit(f"export.py: error: {e}")
-    card = write_card(target, path, args.format, diffs, args.min_size, args.max_size)
+    card = write_card(target, path, args.format, diffs, min_size, args.max_size)
     worst = max(diffs.values())
     print(f"exported {target.kind} to {path} ({args.format}); input: {target.input}")
     for size, d in diffs.items():
