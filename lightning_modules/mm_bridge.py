@@ -43,8 +43,9 @@ from mmengine.evaluator import Evaluator
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import FUNCTIONS, MODELS, PARAM_SCHEDULERS, init_default_scope
 from mmengine.utils import import_modules_from_strings
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
+from .aspect_ratio import AspectRatioBatches
 from .callbacks import CheckedStateLoading
 from .checkpoint_checks import SCOPE_TASKS, check_checkpoint_task, checkpoint_source
 from .coco_checks import check_annotation_file
@@ -374,12 +375,34 @@ class MMModelModule(CheckedStateLoading, L.LightningModule):
         return self.model(**data, mode="predict")
 
 
+def _groups_by_aspect_ratio(split: str, batch_sampler: Mapping | None) -> bool:
+    """Whether the ``{split}_dataloader``'s ``batch_sampler`` asks for aspect-ratio grouping;
+    other batch samplers are refused rather than silently replaced by plain batches."""
+    if not batch_sampler:
+        return False
+    kind = batch_sampler.get("type") if isinstance(batch_sampler, Mapping) else batch_sampler
+    name = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
+    if name.split(".")[-1] != "AspectRatioBatchSampler":
+        raise ValueError(f"{split}_dataloader.batch_sampler: {name!r} is not supported here; "
+                         "use dict(type='AspectRatioBatchSampler') (batches of one orientation) "
+                         "or None (plain batches)")
+    if split != "train":
+        # Evaluation collects results in the distributed sampler's order, which regrouping
+        # would break; mmdet's configs group training batches only.
+        raise ValueError(f"{split}_dataloader.batch_sampler: aspect-ratio grouping is for "
+                         f"training only; set {split}_dataloader.batch_sampler=None")
+    return True
+
+
 class MMDataModule(L.LightningDataModule):
     """Datasets and loaders from ``{train,val,test}_dataloader`` of an MM config.
 
     The config's ``sampler`` only decides shuffling: Lightning puts in distributed samplers
-    under DDP, so multi-GPU and multi-node runs need Trainer flags only. mmdet's
-    ``AspectRatioBatchSampler`` is not used (plain batches of the configured size).
+    under DDP, so multi-GPU and multi-node runs need Trainer flags only. The training loader's
+    ``batch_sampler=dict(type='AspectRatioBatchSampler')`` (mmdet's default, set in
+    ``configs/_base_/datasets/coco_instance.py``) groups batches by orientation with
+    :class:`~lightning_modules.aspect_ratio.AspectRatioBatches`, into which Lightning puts its
+    distributed sampler; ``batch_sampler=None`` or no key gives plain batches.
     """
 
     def __init__(self, config: str | os.PathLike | Mapping | Config):
@@ -436,13 +459,22 @@ class MMDataModule(L.LightningDataModule):
             raise ValueError(f"unknown collate_fn {collate_cfg['type']!r}")
         kwargs = {k: v for k, v in collate_cfg.items() if k != "type"}
         workers = loader_cfg.get("num_workers", 0)
+        dataset = self.dataset(split)
+        shuffle = split == "train" and sampler.get("shuffle", True)
+        batch_size, drop_last = loader_cfg.get("batch_size", 1), loader_cfg.get("drop_last", False)
+        batching: dict[str, Any] = dict(batch_size=batch_size, shuffle=shuffle,
+                                        drop_last=drop_last)
+        if _groups_by_aspect_ratio(split, loader_cfg.get("batch_sampler")):
+            # Made here, inside the loader hook: Lightning records the arguments and, under DDP,
+            # re-instantiates it with its DistributedSampler as `sampler`.
+            order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batching = dict(batch_sampler=AspectRatioBatches(order, batch_size, drop_last,
+                                                             dataset=dataset))
         return DataLoader(
-            self.dataset(split), batch_size=loader_cfg.get("batch_size", 1),
-            shuffle=split == "train" and sampler.get("shuffle", True),
+            dataset, **batching,
             num_workers=workers, persistent_workers=workers > 0 and loader_cfg.get(
                 "persistent_workers", False),
             pin_memory=loader_cfg.get("pin_memory", False),
-            drop_last=loader_cfg.get("drop_last", False),
             collate_fn=functools.partial(collate, **kwargs) if kwargs else collate)
 
     def train_dataloader(self) -> DataLoader:

@@ -167,12 +167,14 @@ def test_recipe_says_what_its_name_says(path: Path):
         assert pw.custom_keys[key].decay_mult == 0
     assert cfg.auto_scale_lr.base_batch_size == 16
 
-    # Data: COCO 2017; plain samplers (the Lightning bridge makes them DDP-safe).
+    # Data: COCO 2017; plain samplers (the Lightning bridge makes them DDP-safe), training
+    # batches grouped by orientation as in mmdet.
     train, val = cfg.train_dataloader, cfg.val_dataloader
     assert train.dataset.type == "CocoDataset"
     assert train.dataset.ann_file == "annotations/instances_train2017.json"
     assert val.dataset.ann_file == "annotations/instances_val2017.json"
-    assert "batch_sampler" not in train and train.sampler.type == "DefaultSampler"
+    assert train.batch_sampler.type == "AspectRatioBatchSampler"
+    assert train.sampler.type == "DefaultSampler" and "batch_sampler" not in val
     assert cfg.test_dataloader == val and cfg.test_evaluator == cfg.val_evaluator
     metric = cfg.val_evaluator.metric
     with_mask = m["det"] == "mask-rcnn"

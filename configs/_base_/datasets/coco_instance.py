@@ -22,14 +22,16 @@ test_pipeline = [
                    'scale_factor'))
 ]
 
-# Plain samplers and no `batch_sampler` (mmdet's default is AspectRatioBatchSampler): the
-# Lightning bridge builds the DataLoaders and replaces the sampler with a DDP-safe one
-# (a DistributedSampler per rank), so anything set here beyond `shuffle` would be ignored.
+# The Lightning bridge builds the DataLoaders and puts in a DistributedSampler per process under
+# DDP, so of `sampler` only `shuffle` counts. `batch_sampler` as mmdet's default: training
+# batches of one orientation (lightning_modules/aspect_ratio.py), each process grouping its own
+# shard; `batch_sampler=None` gives plain batches.
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
+    batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
