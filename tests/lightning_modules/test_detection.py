@@ -223,6 +223,26 @@ def test_one_training_step_then_evaluation(coco_root):
         assert key in t.callback_metrics and torch.isfinite(t.callback_metrics[key])
 
 
+def test_mixed_precision_trains_the_backbone_in_half_and_the_heads_in_float32(coco_root):
+    """mmcv's nms reads float32 boxes only: Mask R-CNN stopped in the RPN under autocast.
+    (On CPU Lightning's 16-mixed is bf16 too; the fix does not depend on the dtype.)"""
+    cfg = demo_cfg(coco_root, **{"train_cfg.max_epochs": 1, "train_cfg.val_interval": 1})
+    module, data = build_task(cfg)
+    dtypes: dict[str, set] = {"backbone": set(), "rpn": set()}
+    # The backbone's first convolution (its outputs end in float32 LayerNorms under autocast).
+    conv = next(m for m in module.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, out: dtypes["backbone"].add(out.dtype))
+    module.model.rpn_head.register_forward_pre_hook(
+        lambda m, args: dtypes["rpn"].update(a.dtype for a in args[0]))
+    t = trainer(cfg, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+                precision="bf16-mixed")
+    t.fit(module, datamodule=data)
+    assert t.global_step == 1 and torch.isfinite(t.callback_metrics["train/loss"])
+    assert "coco/bbox_mAP" in t.callback_metrics
+    assert dtypes == {"backbone": {torch.bfloat16}, "rpn": {torch.float32}}
+    assert "extract_feat" not in vars(module.model)  # the class's method again
+
+
 def test_loss_falls_over_a_short_run(coco_root):
     # No flips, and the config's lr without its long warm-up: 24 steps must show learning.
     cfg = demo_cfg(coco_root, **{"train_dataloader.dataset.pipeline.3.prob": 0.0,
