@@ -106,7 +106,8 @@ def test_the_tool_exports_the_demo_segmentor_from_a_checkpoint_at_any_size(seg_c
     out = tmp_path / "seg.onnx"
     # Exported at 128 x 128; 100 x 150 and 250 x 333 need the patch embedding's padding.
     diffs = export_tool.main([str(config), "--checkpoint", str(ckpt), "--format", "onnx",
-                              "--out", str(out), "--check-sizes", "100x150", "250x333",
+                              "--out", str(out), "--size", "128x128",
+                              "--check-sizes", "100x150", "250x333",
                               "320x192", "--tolerance", "1e-4"])
     assert set(diffs) == {"100x150", "250x333", "320x192"}
     assert max(diffs.values()) <= 1e-4
