@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seg / det: models of benchmarks.task.TASK_MODELS (default: all of "
                          "the task's)")
     ap.add_argument("--phases", nargs="+", default=None,
-                    help="seg: whole and / or slide (sliding window at --slide-sizes); det: "
-                         "infer and / or train (one training step) (default: all)")
+                    help="seg: whole and / or slide (sliding window at --slide-sizes; default: "
+                         "both if --slide-sizes is given); det: infer and / or train (one "
+                         "training step) (default: both)")
     ap.add_argument("--slide-sizes", nargs="+", type=_size, default=[],
                     help="seg: sizes for sliding-window inference (the configs' 512 crop, "
                          "stride 341)")
@@ -124,7 +125,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.sizes = args.sizes or DEFAULT_SIZES[args.mode]
         args.task_models = args.task_models or [n for n, m in TASK_MODELS.items()
                                                 if m[0] == args.mode]
-        args.phases = args.phases or list(PHASES[args.mode])
+        args.phases = args.phases or [p for p in PHASES[args.mode]
+                                      if p != "slide" or args.slide_sizes]
         for name in args.task_models:
             if TASK_MODELS.get(name, ("",))[0] != args.mode:
                 ap.error(f"--task-models {name}: not a {args.mode} model; use "

@@ -130,8 +130,8 @@ def plot_pairs(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> li
     for pairs in PAIRS.values():
         for a, b in pairs:
             rs = [r for r in records if r["kind"] == "task" and r["model"] in (a, b)]
-            if not any(r["status"] == OK for r in rs):
-                continue
+            if not all(any(r["model"] == m and r["status"] == OK for r in rs) for m in (a, b)):
+                continue  # a pair needs both sides
             out = f"{stem}_{a}_vs_{b}{ext or '.png'}"
             plot_records(rs, out, title=plot_title(rs))
             written.append(out)
