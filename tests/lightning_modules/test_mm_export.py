@@ -68,14 +68,19 @@ def test_the_segmentor_wrapper_gives_the_models_own_logits(seg_ckpt):
     torch.testing.assert_close(logits, sample.seg_logits.data, atol=1e-4, rtol=1e-4)
 
 
-def test_the_detector_wrapper_gives_the_backbone_and_neck_maps(tmp_path):
+def _det_config(tmp_path: Path) -> Path:
+    """The demo detection config, with generated data, as a file."""
     make_coco_demo(tmp_path, num_train=2, num_val=1, seed=4)
     data = f"{tmp_path}/coco/"
     cfg = load_config(DET_DEMO, {**_options(data), "val_evaluator.ann_file":
                                  data + "annotations/instances_val2017.json"})
     config = tmp_path / "det.py"
     cfg.dump(str(config))
-    target = export.load_target(str(config))
+    return config
+
+
+def test_the_detector_wrapper_gives_the_backbone_and_neck_maps(tmp_path):
+    target = export.load_target(str(_det_config(tmp_path)))
     assert target.kind == "detector-features"
     x = torch.rand(1, 3, 96, 160) * 255  # multiples of 32: no preprocessor padding
     detector = target.model.detector
@@ -122,13 +127,7 @@ def test_the_tool_exports_the_demo_segmentor_from_a_checkpoint_at_any_size(seg_c
 
 
 def test_the_detector_backbone_and_neck_export_with_dynamic_sizes(tmp_path):
-    make_coco_demo(tmp_path, num_train=2, num_val=1, seed=4)
-    data = f"{tmp_path}/coco/"
-    cfg = load_config(DET_DEMO, {**_options(data), "val_evaluator.ann_file":
-                                 data + "annotations/instances_val2017.json"})
-    config = tmp_path / "det.py"
-    cfg.dump(str(config))
-    target = export.load_target(str(config))
+    target = export.load_target(str(_det_config(tmp_path)))
     path = export.export_model(target, tmp_path / "det.pt2", "exported-program", (160, 224))
     diffs = export.check_export(target, path, "exported-program", [(130, 200), (256, 192)])
     assert max(diffs.values()) <= 1e-4, diffs
