@@ -107,6 +107,8 @@ def test_det_inference_and_training_step_records(tmp_path):
     assert [r["phase"] for r in recs] == ["infer", "infer", "train", "train"]
     for r in recs[:2]:
         _check_split(r, {"backbone", "neck", "rpn_head", "roi_head"})
+        # the biased box classifier lets max_per_img boxes through to the mask head
+        assert r["detections"] == 5
     for r in recs[2:]:
         _check_split(r, {"backbone", "neck", "rpn_head", "roi_head", "backward", "optimizer"})
     assert {r["size"] for r in pair_rows(recs)} == {"64x96"}
