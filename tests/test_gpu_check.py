@@ -168,3 +168,23 @@ def test_rel_err_and_refusals():
 def test_arguments_refused(argv, capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(argv)
+
+
+def test_tasks_section_plan_and_budget_guard(tmp_path):
+    """The whole-model modes (benchmarks.task) in the plan, the pairs kept whole; no budget: each
+    job is skipped with its reason, nothing is built."""
+    if not (_has("mmdet") and _has("mmseg")):
+        pytest.skip("MM stack not installed")
+    rates = gpu_check.rates_from(gpu_check.ASSUMED["h100"], gpu=True)
+    plan = gpu_check.build_plan(rates, gpu_check.FULL, True, ("tasks",))
+    items = [p["item"] for p in plan]
+    assert len(items) == 3 * 4 + 3 + 2 * 2 * 2  # seg whole x4 sizes, slide at 1024x2048, det
+    assert "UperNet Swin-T (mmseg) slide 1024x2048" in items
+    assert "Mask R-CNN InLine-Swin-T train 1600x2666" in items
+    assert all(p["estimate_s"] > 3 for p in plan)
+    gpu_check.main(["--smoke", "--device", "cpu", "--budget-s", "0", "--sections", "tasks",
+                    "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["sections"]["tasks"] == [] and report["sections"]["tasks_pairs"] == []
+    skipped = [s for s in report["skipped"] if s["section"] == "tasks"]
+    assert len(skipped) == 3 + 2 and all(s["reason"] for s in skipped)

@@ -25,6 +25,13 @@ Sections, in order of priority (what runs first survives a short budget):
              UperNet step (configs/_base_/models/upernet_fcn-aux.py) in bf16 on generated data;
              mmcv nms / RoIAlign on CUDA against CPU.
   compile    the models again under torch.compile (the costliest rows: last).
+  tasks      if the MM stack imports: the whole-model modes of ``tools/benchmark.py --mode seg
+             / det`` (benchmarks.task): UperNet InLine-Swin-T and L2ViT-T against UperNet with
+             mmseg's Swin-T, whole image at 512..2048 and sliding window at 1024x2048; Mask
+             R-CNN InLine-Swin-T against mmdet's Swin-T at 800x1333 and 1600x2666, inference
+             and one training step; fp32 (mmcv's RoIAlign has no bf16 CUDA kernel); time,
+             peak memory and the backbone / neck / head split. Lowest priority: the default
+             budget rarely reaches it; ``--sections tasks`` runs it alone.
 
 Budget: every item has an estimate (FLOPs counted on the 'meta' device over the device's measured
 matmul rate and copy bandwidth, refined by the items already measured); an item that would not fit
@@ -110,6 +117,11 @@ class Settings:
     warmup: int
     runs: int
     job_cap_s: float  # no single measurement may be estimated above this
+    # Whole-model (tasks) section: sizes as benchmarks.task takes them (S or HxW).
+    seg_sizes: tuple[str, ...] = ()
+    slide_sizes: tuple[str, ...] = ()
+    det_sizes: tuple[str, ...] = ()
+    det_phases: tuple[str, ...] = ("infer", "train")
 
 
 FULL = Settings(numerics_size=224, numerics_batch=2, large_tokens=65536,
@@ -119,7 +131,8 @@ FULL = Settings(numerics_size=224, numerics_batch=2, large_tokens=65536,
                 train_precisions=("bf16", "fp32"), train_pairs=MODEL_PAIRS,
                 compile_rows=(("bf16", 1024, 1),),
                 mm_size=512, mm_batch=2, mm_precisions=("bf16", "fp32"), warmup=2, runs=5,
-                job_cap_s=25.0)
+                job_cap_s=25.0, seg_sizes=("512", "1024", "1024x2048", "2048"),
+                slide_sizes=("1024x2048",), det_sizes=("800x1333", "1600x2666"))
 # Smoke: every code path once at sizes a loaded 2-core CPU runs in well under a minute (bf16 and
 # fp16 autocast are slow on CPU, so only the numerics and the fp16 op check use them there).
 SMOKE = Settings(numerics_size=32, numerics_batch=1, large_tokens=4096, op_tokens=(1024, 4096),
@@ -127,7 +140,8 @@ SMOKE = Settings(numerics_size=32, numerics_batch=1, large_tokens=4096, op_token
                  model_precisions=("fp32",), train_sizes=(64,), train_precisions=("fp32",),
                  train_pairs=MODEL_PAIRS[:1], compile_rows=(), mm_size=64, mm_batch=2,
                  mm_precisions=("fp32",),
-                 warmup=1, runs=2, job_cap_s=20.0)
+                 warmup=1, runs=2, job_cap_s=20.0, seg_sizes=("64",), det_sizes=("64x96",),
+                 det_phases=("infer",))
 
 
 class Budget:
@@ -221,6 +235,53 @@ def learn_model_rate(rates: Rates, rec: dict[str, Any], name: str, size: int, pr
         return
     flops = 2e9 * MODEL_GMACS(name, size) * rec["batch"] * (3 if mode == "train" else 1)
     rates.measured[f"{name}|{precision}|{mode}"] = flops / latency
+
+
+# Whole models, forward multiply-adds per pixel (UperNet Swin-T: ~236 GMACs at 512 x 512; Mask
+# R-CNN Swin-T: ~267 GMACs at 800 x 1333 incl. a ~20 GMACs box and mask head), the a-priori
+# estimate of the tasks section; measured items replace it (learn_task_rate).
+TASK_MACS_PER_PIXEL = {"seg": 236e9 / 512 ** 2, "det": 247e9 / (800 * 1333)}
+TASK_FIXED_MACS = {"seg": 0.0, "det": 20e9}
+
+
+def task_macs(job: dict[str, Any]) -> float:
+    """Forward multiply-adds of one task job's call (a slide job: all its crops)."""
+    macs = TASK_FIXED_MACS[job["task"]] + TASK_MACS_PER_PIXEL[job["task"]] * job["work"]
+    return macs * (3 if job["phase"] == "train" else 1)
+
+
+def estimate_task_job(rates: Rates, job: dict[str, Any], settings: Settings,
+                      job_budget_s: float | None = None) -> float:
+    """Seconds for one task job: MM model build + warm-up + timed runs (capped as run_job
+    caps them)."""
+    key = f"task|{job['task']}|{job['phase']}"
+    rate = rates.measured.get(key) or rates.flop_rate("fp32", 0.2 if rates.gpu else 0.3)
+    call = max(rates.call_floor_s * 20, 2 * task_macs(job) / rate)  # many small kernels
+    timed = settings.runs * call
+    if job_budget_s is not None:
+        timed = min(timed, max(call, job_budget_s - settings.warmup * call))
+    return 3.0 + settings.warmup * call + timed
+
+
+def learn_task_rate(rates: Rates, rec: dict[str, Any]) -> None:
+    if rec.get("status") == OK and rec.get("latency_ms", 0) > 5 * rates.call_floor_s * 1e3:
+        rates.measured[f"task|{rec['task']}|{rec['phase']}"] = \
+            2 * task_macs(rec) / (rec["latency_ms"] / 1e3)
+
+
+def task_plan_jobs(s: Settings, device: str) -> list[dict[str, Any]]:
+    """The tasks section's jobs (benchmarks.task), seg then det, sizes ascending."""
+    from benchmarks.task import TASK_MODELS, task_jobs
+
+    seg = [n for n, m in TASK_MODELS.items() if m[0] == "seg"]
+    det = [n for n, m in TASK_MODELS.items() if m[0] == "det"]
+    jobs = []
+    if s.seg_sizes:
+        jobs += task_jobs(seg, s.seg_sizes, ("whole", "slide") if s.slide_sizes else ("whole",),
+                          s.slide_sizes, device, s.warmup, s.runs)
+    if s.det_sizes:
+        jobs += task_jobs(det, s.det_sizes, s.det_phases, (), device, s.warmup, s.runs)
+    return jobs
 
 
 def estimate_op_job(rates: Rates, op: str, tokens: int, precision: str, settings: Settings,
@@ -409,7 +470,7 @@ class Check:
         try:
             for name, fn in (("numerics", self.numerics), ("ops", self.ops),
                              ("models", self.models), ("train", self.train), ("mm", self.mm),
-                             ("compile", self.compiled)):
+                             ("compile", self.compiled), ("tasks", self.tasks)):
                 if name not in self.args.sections:
                     continue
                 print(f"[{name}] {self.budget.elapsed():.0f} s elapsed", flush=True)
@@ -605,6 +666,46 @@ class Check:
         else:
             self.skip("mm", "nms / RoIAlign CUDA vs CPU", "no CUDA device")
 
+    def tasks(self) -> None:
+        """Whole models from MM configs: the jobs of ``tools/benchmark.py --mode seg / det``,
+        run in this process by run_job (CUDA peak memory is per job)."""
+        from benchmarks.task_report import pair_rows
+
+        s, dev = self.settings, self.device
+        reason = mm_unavailable(dev)
+        if reason:
+            self.skip("tasks", "UperNet / Mask R-CNN whole models", reason)
+            return
+        rows = self.section("tasks")
+        group_fits: dict[tuple[str, str, str], bool] = {}
+        for job in task_plan_jobs(s, str(dev)):
+            item = f"{job['label']} {job['size']}"
+            job_budget = min(8.0, max(1.0, self.budget.left() / 6))
+            est = estimate_task_job(self.rates, job, s, job_budget)
+            # The models compared at a (size, phase) run all or none: half a pair tells nothing.
+            group = (job["task"], job["phase"], job["size"])
+            if group not in group_fits:
+                n = sum(1 for j in task_plan_jobs(s, str(dev))
+                        if (j["task"], j["phase"], j["size"]) == group)
+                group_fits[group] = self.budget.refuse(n * est, cap=False) is None
+            reason = self.budget.refuse(est) or (None if group_fits[group] else
+                                                 "the other models of its pair would not fit")
+            if reason:
+                self.skip("tasks", item, reason, est)
+                continue
+            t = time.perf_counter()
+            rec = run_job(dict(job, budget_s=job_budget))
+            rec.update(estimate_s=round(est, 2), wall_s=round(time.perf_counter() - t, 2))
+            learn_task_rate(self.rates, rec)
+            rows.append(rec)
+            detail = (f"{rec['latency_ms']:.1f} ms, {rec.get('peak_mem_mb') or 0:.0f} MB, "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in rec["parts_ms"].items())
+                      if rec["status"] == OK else rec.get("reason", "")[:160])
+            print(f"  {item}: {rec['status']} {detail}", flush=True)
+            _clean(dev)
+            self.save()
+        self.report["sections"]["tasks_pairs"] = pair_rows(rows)
+
 
 def cpu_reference(mb: int = 32, n: int = 768) -> dict[str, Any]:
     """Copy bandwidth and fp32 matmul rate of the CPU, as benchmarks.measure.machine_reference
@@ -691,6 +792,10 @@ def build_plan(rates: Rates, s: Settings, gpu: bool, sections: tuple[str, ...]
                     add("compile", f"{name} {size}px b{batch} {precision}",
                         estimate_model_job(rates, name, size, batch, precision, "infer", s,
                                            compiled=True, job_budget_s=8.0))
+    if "tasks" in sections and mm_unavailable(torch.device("cpu")) is None:
+        for job in task_plan_jobs(s, "cuda" if gpu else "cpu"):
+            add("tasks", f"{job['label']} {job['size']}",
+                estimate_task_job(rates, job, s, job_budget_s=8.0))
     return plan
 
 
@@ -1105,7 +1210,7 @@ def make_plots(report: dict[str, Any], out: Path) -> dict[str, Any]:
 
 # ---- entry --------------------------------------------------------------------------------------
 
-SECTIONS = ("numerics", "ops", "models", "train", "mm", "compile")
+SECTIONS = ("numerics", "ops", "models", "train", "mm", "compile", "tasks")
 STARTUP_S = 15.0  # before the budget's clock starts: interpreter, torch + timm imports
 GRACE_S = 30.0  # past the budget, an item still running is stopped (see Check.run)
 
