@@ -4,7 +4,6 @@ sliding window) and Mask R-CNN (inference and a training step), the guards, tabl
 
 import json
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -175,12 +174,8 @@ def test_crossover_is_where_it_stays_faster():
 
 
 def _run_tool(*argv):
-    old = sys.argv
-    sys.argv = ["tools/benchmark.py", *argv]
-    try:
-        runpy.run_path(str(ROOT / "tools" / "benchmark.py"), run_name="__main__")
-    finally:
-        sys.argv = old
+    """tools/benchmark.py's main, on these arguments."""
+    runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"](list(argv))
 
 
 def test_task_mode_arguments(capsys):
