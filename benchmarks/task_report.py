@@ -123,8 +123,9 @@ def pair_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_pairs(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> list[str]:
-    """One log-log plot (time, peak memory against pixels) per pair present in the records:
-    ``path``'s stem + ``_<project>_vs_<comparison>``; returns the files written."""
+    """Per pair present in the records: a log-log plot of time and peak memory against pixels
+    (``path``'s stem + ``_<project>_vs_<comparison>``) and the profile split as stacked bars
+    (the same + ``_parts``); returns the files written."""
     stem, ext = os.path.splitext(os.fspath(path))
     written = []
     for pairs in PAIRS.values():
@@ -134,5 +135,50 @@ def plot_pairs(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> li
                 continue  # a pair needs both sides
             out = f"{stem}_{a}_vs_{b}{ext or '.png'}"
             plot_records(rs, out, title=plot_title(rs))
-            written.append(out)
+            parts = f"{stem}_{a}_vs_{b}_parts{ext or '.png'}"
+            plot_parts([r for r in rs if r["status"] == OK], parts, (a, b))
+            written += [out, parts]
     return written
+
+
+def plot_parts(records: Sequence[dict[str, Any]], path: str, pair: tuple[str, str]) -> None:
+    """Stacked bars: the parts (backbone, neck, heads, backward, other) of each model's time at
+    each (phase, size), as fractions of the comparison model's whole time there (its bar is 1),
+    the pair's two bars side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["phase"], r["size"]) for r in records},
+                  key=lambda k: (k[0], _pixels(k[1])))
+    names = list(dict.fromkeys(p for r in records for p in (r.get("parts_cpu_ms") if
+                                                            "cpu_time_ms" in r else
+                                                            r.get("parts_ms")) or {}))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(keys) + 2), 4.8))
+    colours = plt.get_cmap("tab10")
+    def find(model: str, key: tuple[str, str]) -> dict[str, Any] | None:
+        return next((r for r in records if r["model"] == model
+                     and (r["phase"], r["size"]) == key), None)
+
+    for side, model in enumerate(pair):
+        for i, key in enumerate(keys):
+            r, ref = find(model, key), find(pair[1], key)
+            if r is None or ref is None:
+                continue
+            bottom = 0.0
+            for j, n in enumerate(names):
+                v = (_part(r, n) or 0.0) / _time(ref)
+                ax.bar(i + (side - 0.5) * 0.4, v, 0.38, bottom=bottom, color=colours(j),
+                       hatch="//" if side else None, edgecolor="white",
+                       label=n if side == 0 and i == 0 else None)
+                bottom += v
+    ax.set_xticks(range(len(keys)), [f"{p}\n{s}" for p, s in keys])
+    ax.set_ylabel(f"{'CPU ' if records and 'cpu_time_ms' in records[0] else ''}time / "
+                  f"{TASK_MODELS[pair[1]][2]}'s")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_title(f"where the time goes: {TASK_MODELS[pair[0]][2]} (left, plain)\nvs "
+                 f"{TASK_MODELS[pair[1]][2]} (right, hatched)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

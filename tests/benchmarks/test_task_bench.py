@@ -94,7 +94,10 @@ def test_seg_records_with_profile_split(tmp_path):
     assert "UperNet InLine-Swin-T vs UperNet Swin-T (mmseg) | whole | 64 |" in table
     assert "crossover UperNet InLine-Swin-T vs UperNet Swin-T (mmseg) (whole)" in table
     assert [Path(p).name for p in plot_pairs(recs, tmp_path / "seg.png")] == [
-        "seg_upernet_inline-swin-t_vs_upernet_swin-t.png"]
+        "seg_upernet_inline-swin-t_vs_upernet_swin-t.png",
+        "seg_upernet_inline-swin-t_vs_upernet_swin-t_parts.png"]  # the l2vit pair has one side
+    assert (tmp_path / "seg_upernet_inline-swin-t_vs_upernet_swin-t_parts.png").read_bytes()[
+        :4] == b"\x89PNG"
 
 
 def test_det_inference_and_training_step_records(tmp_path):
