@@ -204,20 +204,24 @@ class PartClock:
         self.iterations: list[dict[str, list[float]]] = []
         self.notes: dict[str, Any] = {}  # facts of the last iteration, for the record
 
+    def _now(self) -> tuple[float, float]:
+        """(wall, process CPU) seconds once the device's queued work is done."""
+        _sync(self.device)
+        return time.perf_counter(), time.process_time()
+
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
         if self.current is None:  # outside a measured iteration: no bookkeeping
             yield
             return
-        _sync(self.device)
-        t, c = time.perf_counter(), time.process_time()
+        start = self._now()
         try:
             yield
         finally:
-            _sync(self.device)
+            end = self._now()
             acc = self.current.setdefault(name, [0.0, 0.0])
-            acc[0] += time.perf_counter() - t
-            acc[1] += time.process_time() - c
+            for i in (0, 1):
+                acc[i] += end[i] - start[i]
 
     def wrap(self, obj: Any, method: str, name: str) -> None:
         """Time every call of ``obj.method`` as part ``name``."""
@@ -232,15 +236,13 @@ class PartClock:
     def iteration(self) -> Iterator[None]:
         """One iteration; what its parts do not cover is recorded as ``other``."""
         self.current = {}
-        _sync(self.device)
-        t, c = time.perf_counter(), time.process_time()
+        start = self._now()
         try:
             yield
         finally:
-            _sync(self.device)
-            total = (time.perf_counter() - t, time.process_time() - c)
+            end = self._now()
             parts = self.current
-            parts["other"] = [max(0.0, total[i] - sum(v[i] for v in parts.values()))
+            parts["other"] = [max(0.0, end[i] - start[i] - sum(v[i] for v in parts.values()))
                               for i in (0, 1)]
             self.iterations.append(parts)
             self.current = None
