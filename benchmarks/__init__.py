@@ -10,6 +10,10 @@
 - ``det_step``: ``--mode det-step``, the Lightning detection step against mmengine's Runner
   (imports MM and Lightning; only that mode loads it).
 - ``flops``: parameter and multiply-add counting with torch's FlopCounterMode.
+- ``task`` / ``task_report``: ``--mode seg`` / ``det``, whole UperNet and Mask R-CNN models from
+  MM configs against the toolboxes' Swin-T (comparison configs in ``configs/``), the time split
+  into backbone / neck / heads, pair tables with the crossover size and plots (MM is imported
+  only by these jobs).
 
-Pure torch + timm except ``det_step`` (matplotlib only for plots).
+Pure torch + timm except ``det_step`` and the ``task`` jobs (matplotlib only for plots).
 """
