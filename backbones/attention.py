@@ -92,10 +92,12 @@ def parse_attention_types(spec: str | Sequence[str], depths: Sequence[int]) -> l
 # --------------------------------------------------------------------------------------------
 
 def _no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off for ``t``'s device (a no-op where autocast does not exist, e.g. 'meta',
-    on which the benchmark counts FLOPs at any size without computing)."""
-    if torch.amp.is_autocast_available(t.device.type):
-        return torch.autocast(t.device.type, enabled=False)
+    """Autocast off for ``t``'s device where it is on. Nothing otherwise: torch.export records
+    even a needless autocast region as a node its serialiser cannot save (.pt2), and 'meta'
+    (where the benchmark counts FLOPs without computing) has no autocast."""
+    device = t.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()
 
 

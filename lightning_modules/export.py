@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 from torch import nn
 
@@ -317,7 +318,10 @@ def export_model(target: ExportTarget, out: str | os.PathLike, fmt: str = "onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     model = _Named(_exportable(target.model)).eval()
     try:
-        with torch.no_grad():
+        # Size-oblivious reasoning for the symbolic sizes (what torch.onnx.export does itself):
+        # a window count that is 1 at some sizes (Swin's last stage below 225 px) is then not
+        # guarded to differ from 1.
+        with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
             # torch.export first, for both formats: its shape guards fail loudly where the
             # ONNX exporter alone would quietly fall back to the example's fixed size.
             program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
@@ -345,7 +349,7 @@ def _guard_site(model: nn.Module, example: torch.Tensor, dynamic: dict) -> str:
     """Where the model's code branches on or specialises the input size: torch's draft export
     records the Python line of each guard it had to add; the first one, as 'function: code'."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
             report = torch.export.draft_export(model, (example,), dynamic_shapes=dynamic)._report
         for failure in report.failures:
             stack = (failure.data or {}).get("user_stack") if isinstance(failure.data, dict) \

@@ -85,9 +85,11 @@ def export_program(m: torch.nn.Module, name: str) -> torch.export.ExportedProgra
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_torch_export_features_any_size(name):
+def test_torch_export_features_any_size(name, tmp_path):
     m = build(name, "features")
-    ep = export_program(m, name)
+    # Saved and loaded (.pt2), as tools/export.py --format exported-program gives it to users.
+    torch.export.save(export_program(m, name), tmp_path / "m.pt2")
+    ep = torch.export.load(tmp_path / "m.pt2")
     assert_matches_eager(m, ep.module(), check_sizes(name))
     # Below the exported range the program refuses the input instead of computing garbage.
     lo = FAMILIES[name]["min_side"]
