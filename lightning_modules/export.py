@@ -108,26 +108,59 @@ class _IntegerUpsample(nn.Module):
         return F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
 
 
-def _exportable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the MM layers that specialise on the input size replaced by
-    equivalents that do not (the check compares the export with the unchanged model)."""
+class _MatrixAdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products whose bins are computed from the input's
+    size (torch's bins: ``floor(i n / k)`` to ``ceil((i + 1) n / k)``). ONNX has no adaptive
+    pooling operator, and the ONNX exporter's decomposition fixes the bins at the example's
+    size: onnxruntime then indexed out of bounds at other sizes (UperNet's pyramid pooling)."""
+
+    def __init__(self, output_size: tuple[int, int]):
+        super().__init__()
+        self.output_size = output_size
+
+    @staticmethod
+    def _weights(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(k, device=like.device)
+        start, end = (i * n) // k, ((i + 1) * n + k - 1) // k
+        j = torch.arange(n, device=like.device)
+        inside = ((j >= start[:, None]) & (j < end[:, None])).to(like.dtype)  # (k, n)
+        return inside / inside.sum(dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._weights(x.shape[-2], self.output_size[0], x)
+        cols = self._weights(x.shape[-1], self.output_size[1], x)
+        return rows @ x @ cols.transpose(0, 1)
+
+
+def _replacement(m: nn.Module, fmt: str) -> nn.Module | None:
+    """The size-independent equivalent of ``m`` for exporting as ``fmt``, if ``m`` needs one."""
     try:
         from mmseg.models.utils import Upsample
-    except ImportError:  # no mmseg: nothing of it to replace
-        return model
+    except ImportError:  # no mmseg: none of its layers to replace
+        Upsample = ()  # noqa: N806
+    if (isinstance(m, Upsample) and not m.size and not isinstance(m.scale_factor, tuple)
+            and float(m.scale_factor).is_integer()):
+        return _IntegerUpsample(int(m.scale_factor), m.mode, m.align_corners)
+    if fmt == "onnx" and isinstance(m, nn.AdaptiveAvgPool2d):
+        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+        # A global pool (1 x 1) exports as ONNX's GlobalAveragePool; None keeps a side: rare.
+        if None not in size and size != (1, 1):
+            return _MatrixAdaptiveAvgPool(size)
+    return None
 
-    def replaceable(m: nn.Module) -> bool:
-        return (isinstance(m, Upsample) and not m.size and not isinstance(m.scale_factor, tuple)
-                and float(m.scale_factor).is_integer())
 
-    if not any(replaceable(m) for m in model.modules()):
+def _exportable(model: nn.Module, fmt: str) -> nn.Module:
+    """A copy of ``model`` with the layers that specialise on the input size when exported as
+    ``fmt`` replaced by equivalents that do not (the check compares the export with the
+    unchanged model); ``model`` itself where none does."""
+    if not any(_replacement(m, fmt) is not None for m in model.modules()):
         return model
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if replaceable(child):
-                setattr(parent, name, _IntegerUpsample(int(child.scale_factor), child.mode,
-                                                       child.align_corners))
+            new = _replacement(child, fmt)
+            if new is not None:
+                setattr(parent, name, new)
     return model
 
 
@@ -316,7 +349,7 @@ def export_model(target: ExportTarget, out: str | os.PathLike, fmt: str = "onnx"
     dynamic = {"x": _dynamic_hw(min_size, max_size)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = _Named(_exportable(target.model)).eval()
+    model = _Named(_exportable(target.model, fmt)).eval()
     try:
         # Size-oblivious reasoning for the symbolic sizes (what torch.onnx.export does itself):
         # a window count that is 1 at some sizes (Swin's last stage below 225 px) is then not
@@ -414,7 +447,11 @@ def check_export(target: ExportTarget, path: str | os.PathLike, fmt: str,
         x = _example(target, h, w, seed=h * 7919 + w)
         with torch.no_grad():
             ref = _as_list(target.model(x))
-        got = run(x)
+        try:
+            got = run(x)
+        except Exception as e:  # onnxruntime raises its own types
+            raise RuntimeError(f"{path} fails at {h}x{w}, a size it was exported for: "
+                               f"{type(e).__name__}: {str(e)[:400]}") from e
         if len(got) != len(ref) or any(a.shape != b.shape for a, b in zip(got, ref, strict=True)):
             raise RuntimeError(f"{path} at {h}x{w}: outputs {[tuple(a.shape) for a in got]}, "
                                f"eager {[tuple(b.shape) for b in ref]}")

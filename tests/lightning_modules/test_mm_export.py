@@ -145,3 +145,18 @@ def test_the_tool_names_a_bad_checkpoint_before_building_anything(seg_ckpt, tmp_
         export_tool.main([str(DET_DEMO), "--checkpoint", str(ckpt), "--out",
                           str(tmp_path / "x.onnx")])
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("output_size", [(2, 2), (3, 3), (6, 6), (3, 5)])
+def test_the_onnx_pyramid_pooling_equals_adaptive_pooling_at_any_size(output_size):
+    """UperNet's pooling, as exported to ONNX: bins from the input's size, torch's bins."""
+    pool = export._exportable(nn.Sequential(nn.AdaptiveAvgPool2d(output_size)), "onnx")[0]
+    assert isinstance(pool, export._MatrixAdaptiveAvgPool)
+    for hw in [(8, 11), (16, 16), (7, 3), (33, 64), (1, 1)]:
+        x = torch.randn(2, 4, *hw, generator=torch.Generator().manual_seed(hw[0]))
+        torch.testing.assert_close(pool(x), nn.AdaptiveAvgPool2d(output_size)(x))
+    # A global pool stays (ONNX has GlobalAveragePool), and torch.export keeps the layer.
+    global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1))
+    assert export._exportable(global_pool, "onnx") is global_pool
+    assert isinstance(export._exportable(nn.Sequential(nn.AdaptiveAvgPool2d(output_size)),
+                                         "exported-program")[0], nn.AdaptiveAvgPool2d)
