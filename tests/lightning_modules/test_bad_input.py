@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -28,7 +27,6 @@ from lightning_modules.cli import train_main
 from lightning_modules.coco_checks import AnnotationFileError
 from lightning_modules.config_checks import ConfigError, check_config, check_yaml_configs
 from lightning_modules.data_checks import BadSampleError, load_rgb
-from lightning_modules.demo_data import make_ade_demo, make_coco_demo, make_imagenet_demo
 from lightning_modules.detection import DetectionModule
 from lightning_modules.mm_bridge import MMDataModule, build_task, load_config
 from lightning_modules.segmentation import SegmentationModule
@@ -41,22 +39,6 @@ SPLITS = ("train", "val", "test")
 
 
 # ---- shared data and runs ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_ade_demo(root, num_train=4, num_val=2, seed=1)
-    make_coco_demo(root, num_train=4, num_val=2, seed=1)
-    make_imagenet_demo(root, num_train=8, num_val=4, side_range=(40, 48), seed=3)
-    return root
-
-
-@pytest.fixture
-def data(demo, tmp_path) -> Path:
-    """A copy of the demo data that a test may break."""
-    shutil.copytree(demo, tmp_path / "data")
-    return tmp_path / "data"
-
 
 def det_opts(data: Path, **more) -> dict:
     coco = str(data / "coco") + "/"

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -32,7 +31,6 @@ from lightning_modules.callbacks import (
 )
 from lightning_modules.cli import train_main
 from lightning_modules.data_checks import BadSampleError, CheckedDataset
-from lightning_modules.demo_data import make_ade_demo, make_coco_demo, make_imagenet_demo
 from lightning_modules.mm_bridge import MMDataModule, build_task, load_config
 from lightning_modules.segmentation import SegmentationModule
 
@@ -40,22 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SEG_DEMO = ROOT / "configs/demo/fpn_inline-pvt-demo_demo-ade.py"
 DET_DEMO = ROOT / "configs/demo/mask-rcnn_inline-pvt-demo_fpn_demo-coco.py"
 SPLITS = ("train", "val", "test")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_ade_demo(root, num_train=4, num_val=2, seed=1)
-    make_coco_demo(root, num_train=4, num_val=2, seed=1)
-    make_imagenet_demo(root, num_train=8, num_val=4, side_range=(40, 48), seed=3)
-    return root
-
-
-@pytest.fixture
-def data(demo, tmp_path) -> Path:
-    """A copy of the demo data that a test may break."""
-    shutil.copytree(demo, tmp_path / "data")
-    return tmp_path / "data"
 
 
 def seg_options(data: Path) -> dict:
