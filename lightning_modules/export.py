@@ -132,13 +132,10 @@ class _MatrixAdaptiveAvgPool(nn.Module):
         return rows @ x @ cols.transpose(0, 1)
 
 
-def _replacement(m: nn.Module, fmt: str) -> nn.Module | None:
-    """The size-independent equivalent of ``m`` for exporting as ``fmt``, if ``m`` needs one."""
-    try:
-        from mmseg.models.utils import Upsample
-    except ImportError:  # no mmseg: none of its layers to replace
-        Upsample = ()  # noqa: N806
-    if (isinstance(m, Upsample) and not m.size and not isinstance(m.scale_factor, tuple)
+def _replacement(m: nn.Module, fmt: str, upsample: type | tuple) -> nn.Module | None:
+    """The size-independent equivalent of ``m`` for exporting as ``fmt``, if ``m`` needs one
+    (``upsample``: mmseg's ``Upsample`` class, or ``()`` without mmseg)."""
+    if (isinstance(m, upsample) and not m.size and not isinstance(m.scale_factor, tuple)
             and float(m.scale_factor).is_integer()):
         return _IntegerUpsample(int(m.scale_factor), m.mode, m.align_corners)
     if fmt == "onnx" and isinstance(m, nn.AdaptiveAvgPool2d):
@@ -153,14 +150,18 @@ def _exportable(model: nn.Module, fmt: str) -> nn.Module:
     """A copy of ``model`` with the layers that specialise on the input size when exported as
     ``fmt`` replaced by equivalents that do not (the check compares the export with the
     unchanged model); ``model`` itself where none does."""
-    if not any(_replacement(m, fmt) is not None for m in model.modules()):
+    try:
+        from mmseg.models.utils import Upsample
+    except ImportError:  # no mmseg: none of its layers to replace
+        Upsample = ()  # noqa: N806
+    # The replacements hold no weights: made once, set into the copy by name.
+    swaps = {name: new for name, m in model.named_modules()
+             if name and (new := _replacement(m, fmt, Upsample)) is not None}
+    if not swaps:
         return model
     model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            new = _replacement(child, fmt)
-            if new is not None:
-                setattr(parent, name, new)
+    for name, new in swaps.items():
+        model.set_submodule(name, new)
     return model
 
 
